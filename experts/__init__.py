@@ -1,0 +1,1 @@
+"""Built-in experts, one module per family; each registers through the entry-point group."""

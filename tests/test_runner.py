@@ -1,0 +1,208 @@
+"""The runner end to end: store layout, hand-off, resume, overwrite, additions, failures."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import REPO, vre, write_recipe
+from video_pipeline.errors import DecodeError, ExpertError, StoreError
+from video_pipeline.recipe import load_recipe
+from video_pipeline.runner import RunOptions, run
+from video_pipeline.video import Video
+
+PLUGIN = REPO / "tests" / "plugins" / "counting.py"
+
+
+def recipe_file(tmp_path: Path, experts: str, shard_frames: int = 8, name: str = "r.yaml") -> Path:
+    return write_recipe(tmp_path / name, f"plugins: [{PLUGIN}]\nshard_frames: {shard_frames}\n"
+                                         f"experts:\n{experts}")
+
+
+BASIC = """\
+  rgb: {type: color/rgb}
+  hsv: {type: color/hsv}
+  bright: {type: test/brightness}
+  plus: {type: test/plus-one, deps: [bright]}
+"""
+
+
+def counting():
+    return sys.modules[next(m for m in sys.modules if m.startswith("vre_plugin_counting"))].CALLS
+
+
+def test_store_layout_and_in_memory_handoff(tmp_path, clip):
+    out = tmp_path / "clip.zarr"
+    recipe = load_recipe(recipe_file(tmp_path, BASIC))
+    counting().clear()
+    stats = run(recipe, clip, out, RunOptions(progress=False))
+    assert stats.frames == 48
+    # each expert ran once per frame: the dependency was handed over, not recomputed
+    assert sum(counting()["bright"]) == 48 and sum(counting()["plus"]) == 48
+
+    root = zarr.open_group(str(out), mode="r")
+    meta = root.attrs["video_pipeline"]
+    assert meta["video"]["n_frames"] == 48 and meta["video"]["height"] == 180
+    assert set(meta["recipe"]["experts"]) == {"rgb", "hsv", "bright", "plus"}
+    rgb = root["rgb"]
+    assert rgb.shape == (48, 180, 320, 3) and rgb.dtype == np.uint8
+    assert rgb.chunks == (1, 180, 320, 3) and rgb.shards == (8, 180, 320, 3)
+    assert rgb.metadata.dimension_names == ("frame", "y", "x", "channel")
+    assert root["bright"].dtype == np.float16
+    assert root["plus"].attrs["deps"] == ["bright"] and root["plus"].attrs["type"] == "test/plus-one"
+    np.testing.assert_allclose(root["plus"][:].astype(np.float32),
+                               root["bright"][:].astype(np.float32) + 1, atol=1e-2)
+    assert root["_progress/rgb"][:].tolist() == [1] * 6
+    # rgb is the decoded video
+    np.testing.assert_array_equal(rgb[5], Video.open(clip).read([5])[0])
+    # plain xarray reads it without this package's help
+    xr = pytest.importorskip("xarray")
+    ds = xr.open_zarr(str(out), consolidated=False)
+    assert ds["hsv"].dims == ("frame", "y", "x", "channel")
+
+
+def test_rerun_does_nothing_and_overwrite_recomputes(tmp_path, clip):
+    out = tmp_path / "s.zarr"
+    recipe = load_recipe(recipe_file(tmp_path, BASIC))
+    run(recipe, clip, out, RunOptions(progress=False))
+    counting().clear()
+    stats = run(recipe, clip, out, RunOptions(progress=False))
+    assert stats.frames == 0 and counting() == {}
+    stats = run(recipe, clip, out, RunOptions(progress=False, overwrite=True, only=("plus",)))
+    # plus is recomputed; its dependency is read back from the store, not recomputed
+    assert sum(counting()["plus"]) == 48 and "bright" not in counting()
+
+
+def test_adding_an_expert_computes_only_it(tmp_path, clip):
+    out = tmp_path / "s.zarr"
+    run(load_recipe(recipe_file(tmp_path, "  bright: {type: test/brightness}\n")), clip, out,
+        RunOptions(progress=False))
+    before = zarr.open_group(str(out), mode="r")["bright"][:]
+    counting().clear()
+    bigger = load_recipe(recipe_file(tmp_path, BASIC, name="bigger.yaml"))
+    run(bigger, clip, out, RunOptions(progress=False))
+    assert "bright" not in counting() and sum(counting()["plus"]) == 48
+    root = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(root["bright"][:], before)
+    assert set(root.attrs["video_pipeline"]["recipe"]["experts"]) == {"rgb", "hsv", "bright", "plus"}
+
+
+def test_changed_recipe_is_refused_naming_the_difference(tmp_path, clip):
+    out = tmp_path / "s.zarr"
+    run(load_recipe(recipe_file(tmp_path, "  e: {type: edges/canny}\n")), clip, out, RunOptions(progress=False))
+    changed = load_recipe(recipe_file(tmp_path, "  e: {type: edges/canny, params: {low: 5}}\n", name="c.yaml"))
+    with pytest.raises(StoreError, match=r"expert 'e' is stored with a different recipe \(params"):
+        run(changed, clip, out, RunOptions(progress=False))
+    run(changed, clip, out, RunOptions(progress=False, overwrite=True))
+    assert zarr.open_group(str(out), mode="r")["e"].attrs["params"]["low"] == 5
+
+
+def test_frame_subsets_fill_only_those_frames(tmp_path, clip):
+    out = tmp_path / "s.zarr"
+    recipe = load_recipe(recipe_file(tmp_path, "  rgb: {type: color/rgb}\n"))
+    run(recipe, clip, out, RunOptions(progress=False, frames=np.array([1, 5, 9, 30])))
+    root = zarr.open_group(str(out), mode="r")
+    assert np.flatnonzero(root["_frames/rgb"][:]).tolist() == [1, 5, 9, 30]
+    assert root["_progress/rgb"][:].sum() == 0  # no shard is complete
+    assert (root["rgb"][0] == 255).all() and not (root["rgb"][5] == 255).all()
+    stats = run(recipe, clip, out, RunOptions(progress=False))
+    assert stats.frames == 44 and root["_progress/rgb"][:].all()
+
+
+def test_image_folder_is_a_video(tmp_path):
+    import cv2
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (5, 24, 32, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        cv2.imwrite(str(folder / f"img_{i:03d}.png"), img[..., ::-1])
+    out = tmp_path / "f.zarr"
+    run(load_recipe(recipe_file(tmp_path, "  rgb: {type: color/rgb}\n")), folder, out, RunOptions(progress=False))
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["rgb"][:], images)
+
+
+@pytest.mark.parametrize("bad", ["raise", "nan", "shape"])
+def test_expert_failure_stops_keeping_finished_shards(tmp_path, clip, bad):
+    out = tmp_path / "s.zarr"
+    recipe = load_recipe(recipe_file(tmp_path, f"  rgb: {{type: color/rgb}}\n"
+                                               f"  bad: {{type: test/fail-at, params: {{fail_call: 3, bad_output: {bad}}}}}\n"))
+    with pytest.raises(ExpertError, match=r"expert 'bad' \(test/fail-at\) (at|failed at) frames 16\.\.23"):
+        run(recipe, clip, out, RunOptions(progress=False))
+    root = zarr.open_group(str(out), mode="r")
+    assert root["_progress/rgb"][:].tolist()[:2] == [1, 1]  # shards before the failure are durable
+    assert root["_progress/bad"][:].tolist()[:2] == [1, 1]
+
+
+def test_on_error_skip_records_why(tmp_path, clip):
+    out = tmp_path / "s.zarr"
+    recipe = load_recipe(recipe_file(tmp_path, "  rgb: {type: color/rgb}\n  bad: {type: test/fail-at}\n"
+                                               "  after: {type: test/plus-one, deps: [bad]}\n"))
+    stats = run(recipe, clip, out, RunOptions(progress=False, on_error="skip"))
+    assert set(stats.skipped) == {"bad", "after"}
+    root = zarr.open_group(str(out), mode="r")
+    assert root["_progress/rgb"][:].all()
+    assert "boom" in root["bad"].attrs["skipped"]
+    assert "bad" in root.attrs["video_pipeline"]["skipped"]
+
+
+def test_truncated_video_stores_what_decodes(tmp_path):
+    from video_pipeline.synth import make_clip, truncate
+
+    clip = make_clip(tmp_path / "c.mp4", n_frames=48, size=(96, 128))
+    cut = truncate(clip, 0.6)
+    out = tmp_path / "t.zarr"
+    recipe = load_recipe(recipe_file(tmp_path, "  rgb: {type: color/rgb}\n"))
+    try:
+        run(recipe, cut, out, RunOptions(progress=False))
+        n_stored = int(zarr.open_group(str(out), mode="r")["_frames/rgb"][:].sum())
+        assert n_stored == zarr.open_group(str(out), mode="r").attrs["video_pipeline"]["video"]["n_frames"]
+    except DecodeError as err:
+        n_stored = int(zarr.open_group(str(out), mode="r")["_frames/rgb"][:].sum())
+        assert n_stored == err.frame and f"frame {err.frame}" in str(err)
+    assert 10 < n_stored < 48
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, clip):
+    recipe = recipe_file(tmp_path, "  rgb: {type: color/rgb}\n  bright: {type: test/brightness, params: {delay: 0.02}}\n"
+                                   "  plus: {type: test/plus-one, deps: [bright]}\n")
+    ref, killed = tmp_path / "ref.zarr", tmp_path / "killed.zarr"
+    assert vre("run", str(recipe), str(clip), "-o", str(ref), "-q").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "video_pipeline.cli", "run", str(recipe), str(clip),
+                             "-o", str(killed), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # kill once some (not all) shards are durable
+        flags = killed / "_progress" / "plus"
+        if flags.exists() and 1 <= len(list(flags.rglob("c/*"))) < 6:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = zarr.open_group(str(killed), mode="r")["_progress/plus"][:]
+    assert 0 < partial.sum() < 6
+    done = vre("run", str(recipe), str(clip), "-o", str(killed), "-q")
+    assert done.returncode == 0, done.stderr
+    a, b = zarr.open_group(str(ref), mode="r"), zarr.open_group(str(killed), mode="r")
+    for name in ("rgb", "bright", "plus", "_progress/plus", "_frames/plus"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+    assert not list(killed.rglob("*.partial"))
+
+
+def test_cli_errors_are_one_line(tmp_path, clip):
+    r = vre("run", str(tmp_path / "missing.yaml"), str(clip))
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "recipe file not found" in r.stderr
+    recipe = recipe_file(tmp_path, "  rgb: {type: color/rgb}\n")
+    r = vre("run", str(recipe), str(tmp_path / "nope.mp4"), cwd=tmp_path)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1 and "nope.mp4" in r.stderr
+    assert not (tmp_path / "nope.zarr").exists()
+    (tmp_path / "blocker").write_text("a file where a folder should be")  # unwritable, even as root
+    r = vre("run", str(recipe), str(clip), "-o", str(tmp_path / "blocker" / "x.zarr"))
+    assert r.returncode != 0 and "x.zarr" in r.stderr and r.stderr.count("\n") == 1

@@ -1,0 +1,103 @@
+"""`vre bench RECIPE VIDEO`: per-stage throughput and peak memory of a recipe on a video.
+
+Stages: decode alone (frames/s), each expert (frames/s of time spent inside its calls), writing
+(MB/s of raw data through compression + write, and compressed bytes per frame per modality),
+end to end (frames/s of the whole run, start-up of experts included), peak resident memory.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from video_pipeline.recipe import load_recipe
+from video_pipeline.runner import RunOptions, run
+from video_pipeline.store import VideoStore, dir_size, shard_groups
+from video_pipeline.video import Video, parse_frames
+
+
+def decode_fps(video: Video, frames: np.ndarray, size: tuple[int, int], shard_frames: int) -> float:
+    """Frames/s of decoding + resizing `frames` alone, in shard-sized batches."""
+    groups = list(shard_groups(frames, shard_frames).values())
+    t0 = time.perf_counter()
+    n = sum(len(b.indices) for b in video.batches(groups, size=size))
+    return n / (time.perf_counter() - t0)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(recipe_path, video_path, frames=None, device=None, workers: int = 1, keep=None,
+          as_json: bool = False) -> str:
+    """Run the benchmark and return its report (a table, or JSON)."""
+    recipe = load_recipe(recipe_path)
+    video = Video.open(video_path)
+    selected = parse_frames(frames, 1, video.n_frames) if frames else np.arange(video.n_frames)
+    size = recipe.resolution or (video.height, video.width)
+    report = {"recipe": str(recipe_path), "video": str(video_path), "frames": int(len(selected)),
+              "size": list(size), "workers": workers}
+    report["decode_fps"] = decode_fps(video, selected, size, recipe.shard_frames)
+
+    tmp = Path(tempfile.mkdtemp(prefix="vre-bench-"))
+    out = Path(keep) if keep else tmp / "bench.zarr"
+    if out.exists():
+        shutil.rmtree(out)
+    try:
+        t0 = time.perf_counter()
+        stats = run(recipe, video_path, out, RunOptions(frames=selected, device=device, progress=False))
+        wall = time.perf_counter() - t0
+        report["end_to_end_fps"] = stats.frames / wall
+        report["wall_s"] = wall
+        report["experts"] = {
+            name: {"fps": stats.expert_frames[name] / max(stats.expert_seconds[name], 1e-9),
+                   "seconds": stats.expert_seconds[name]} for name in stats.expert_frames}
+        report["write_mb_s"] = stats.bytes_written / 1e6 / max(stats.write_seconds, 1e-9)
+        report["decode_wait_s"] = stats.decode_wait
+        store = VideoStore.open(out, "r")
+        report["stored_bytes_per_frame"] = {
+            name: dir_size(out / name) / max(len(selected), 1) for name in store.names}
+        t0 = time.perf_counter()
+        run(recipe, video_path, out, RunOptions(frames=selected, device=device, progress=False))
+        report["rerun_nothing_to_do_s"] = time.perf_counter() - t0
+        report["gpu"] = gpu_report(stats)
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    report["peak_rss_mb"] = peak_rss_mb()
+    return json.dumps(report, indent=1) if as_json else format_report(report)
+
+
+def gpu_report(stats) -> dict | None:
+    """The device the learned experts ran on, if CUDA was used (None otherwise)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return {"device": torch.cuda.get_device_name(0),
+            "max_memory_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
+
+
+def format_report(r: dict) -> str:
+    lines = [f"recipe {r['recipe']} on {r['video']}: {r['frames']} frames at {r['size'][0]}x{r['size'][1]}",
+             f"  decode            {r['decode_fps']:8.1f} frames/s"]
+    for name, e in r["experts"].items():
+        lines.append(f"  expert {name:<10} {e['fps']:8.1f} frames/s  ({e['seconds']:.2f} s)")
+    lines += [f"  write             {r['write_mb_s']:8.1f} MB/s (raw data compressed + written)",
+              f"  end to end        {r['end_to_end_fps']:8.1f} frames/s ({r['wall_s']:.2f} s)",
+              f"  rerun, no work    {r['rerun_nothing_to_do_s']:8.2f} s",
+              f"  peak memory       {r['peak_rss_mb']:8.0f} MB"]
+    for name, b in r["stored_bytes_per_frame"].items():
+        lines.append(f"  stored {name:<10} {b / 1e3:8.1f} kB/frame")
+    if r.get("gpu"):
+        lines.append(f"  gpu               {r['gpu']}")
+    return "\n".join(lines)

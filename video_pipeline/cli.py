@@ -1,0 +1,282 @@
+"""The `vre` command: argument parsing and the one place user errors become one line + exit code.
+
+Each subcommand is a small function that imports what it needs lazily, so `vre run` on a finished
+store never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from video_pipeline import __version__
+from video_pipeline.errors import VreError
+
+
+def cmd_run(args) -> int:
+    from video_pipeline.recipe import load_recipe
+    from video_pipeline.runner import RunOptions, run
+    from video_pipeline.video import Video, parse_frames
+
+    recipe = load_recipe(args.recipe)
+    if len(args.video) > 1 and args.output:
+        raise VreError("-o names one store; with several videos, omit it (each gets <stem>.zarr)")
+    if args.workers > 1 or args.ray is not None:
+        from video_pipeline.parallel import run_parallel
+
+        return run_parallel(recipe, args)
+    for video_path in args.video:
+        out = Path(args.output) if args.output else Path.cwd() / f"{Path(video_path).stem}.zarr"
+        frames = None
+        if args.frames or args.stride != 1:
+            n = Video.open(video_path).n_frames
+            frames = parse_frames(args.frames, args.stride, n)
+        options = RunOptions(frames=frames, only=tuple(args.only or ()), overwrite=args.overwrite,
+                             device=args.device, on_error=args.on_error, progress=not args.quiet)
+        stats = run(recipe, video_path, out, options)
+        if stats.frames == 0 and not stats.skipped:
+            print(f"{out}: nothing to do (every asked frame is already stored)")
+        else:
+            rate = stats.frames / stats.wall if stats.wall else 0.0
+            print(f"{out}: {stats.frames} frames in {stats.wall:.1f} s ({rate:.1f} frames/s)")
+        for name, why in stats.skipped.items():
+            print(f"skipped expert '{name}': {why}", file=sys.stderr)
+        if stats.skipped:
+            return 3
+    return 0
+
+
+def cmd_experts(args) -> int:
+    from video_pipeline.describe import describe_experts
+
+    print(describe_experts(args.type, as_json=args.json))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from video_pipeline.describe import describe_store
+
+    print(describe_store(args.store, as_json=args.json))
+    return 0
+
+
+def cmd_preview(args) -> int:
+    from video_pipeline.preview import make_preview
+    from video_pipeline.store import VideoStore
+    from video_pipeline.video import parse_frames
+
+    store = VideoStore.open(args.store)
+    frames = parse_frames(args.frames, 1, store.n_frames) if args.frames else None
+    out = Path(args.output) if args.output else Path(args.store).with_suffix(".mp4")
+    path = make_preview(store, out, frames=frames)
+    print(path)
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from video_pipeline.dataset import compute_stats, format_stats
+
+    for store in args.store:
+        stats = compute_stats(store, recompute=args.recompute)
+        print(json.dumps(stats, indent=1) if args.json else format_stats(store, stats))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from video_pipeline.export import export_dronescapes
+
+    summary = export_dronescapes([Path(s) for s in args.store], Path(args.output),
+                                 splits=Path(args.splits) if args.splits else None, n_jobs=args.jobs,
+                                 modalities=args.modalities)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_import(args) -> int:
+    from video_pipeline.export import import_dronescapes
+
+    summary = import_dronescapes(Path(args.directory), Path(args.output))
+    print(json.dumps(summary))
+    return 0 if not summary.get("skipped") else 3
+
+
+def cmd_train(args) -> int:
+    from video_pipeline.phgmae.train import main as train_main
+
+    return train_main(args.config, resume=args.resume, device=args.device)
+
+
+def cmd_ensemble(args) -> int:
+    from video_pipeline.phgmae.ensemble import main as ensemble_main
+
+    return ensemble_main(args)
+
+
+def cmd_distill(args) -> int:
+    from video_pipeline.phgmae.distill import main as distill_main
+
+    return distill_main(args.config, device=args.device)
+
+
+def cmd_consistency(args) -> int:
+    from video_pipeline.phgmae.consistency import main as consistency_main
+
+    return consistency_main(args)
+
+
+def cmd_bench(args) -> int:
+    from video_pipeline.bench import bench
+
+    print(bench(args.recipe, args.video, frames=args.frames, device=args.device,
+                workers=args.workers, keep=args.keep, as_json=args.json))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from video_pipeline.demo import demo
+
+    demo(Path(args.output) if args.output else None, device=args.device)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vre", description="Turn videos into multi-modal zarr datasets "
+                                "with a graph of pretrained experts; train PHG-MAE models on them.")
+    p.add_argument("--version", action="version", version=f"video-pipeline {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a recipe on videos (or image folders) into zarr stores")
+    r.add_argument("recipe")
+    r.add_argument("video", nargs="+", help="video file(s) or folder(s) of images")
+    r.add_argument("-o", "--output", help="store path (default: <video stem>.zarr in the current folder)")
+    r.add_argument("--frames", nargs="+", metavar="A..B|I", help="A..B (end-exclusive) or a list of frame indices")
+    r.add_argument("--stride", type=int, default=1, help="every K-th selected frame")
+    r.add_argument("--only", nargs="+", metavar="NAME", help="compute only these experts (and missing deps)")
+    r.add_argument("--overwrite", action="store_true", help="recompute what is asked even if stored")
+    r.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps (overrides the recipe's default)")
+    r.add_argument("--workers", type=int, default=1, help="worker processes (each owns whole shards)")
+    r.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (local instance if no address)")
+    r.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                   help="an expert fails: stop (default, keeps finished shards) or skip it and its dependents")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("experts", help="list registered expert types, their parameters and outputs")
+    e.add_argument("type", nargs="?", help="show only this type")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_experts)
+
+    i = sub.add_parser("inspect", help="modalities, shapes, completion and provenance of a store")
+    i.add_argument("store")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
+
+    v = sub.add_parser("preview", help="collage of every modality (mp4, or png for one frame)")
+    v.add_argument("store")
+    v.add_argument("-o", "--output", help="FILE.mp4 or FILE.png")
+    v.add_argument("--frames", nargs="+", metavar="A..B|I")
+    v.set_defaults(func=cmd_preview)
+
+    s = sub.add_parser("stats", help="per-channel statistics and class histograms (cached in the store)")
+    s.add_argument("store", nargs="+")
+    s.add_argument("--recompute", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)
+
+    x = sub.add_parser("export", help="export stores to another layout")
+    xs = x.add_subparsers(dest="format", required=True)
+    xd = xs.add_parser("dronescapes", help="DIR/<split>/<modality>/<video>_<frame>.npz")
+    xd.add_argument("store", nargs="+")
+    xd.add_argument("-o", "--output", required=True)
+    xd.add_argument("--splits", help="YAML file mapping videos and frame ranges to split names")
+    xd.add_argument("--modalities", nargs="+", help="export only these modalities")
+    xd.add_argument("-j", "--jobs", type=int, default=2, help="parallel writer processes (joblib)")
+    xd.set_defaults(func=cmd_export)
+
+    m = sub.add_parser("import", help="import a dataset layout into stores")
+    ms = m.add_subparsers(dest="format", required=True)
+    md = ms.add_parser("dronescapes", help="a directory in the Dronescapes layout -> one store per video")
+    md.add_argument("directory")
+    md.add_argument("-o", "--output", required=True)
+    md.set_defaults(func=cmd_import)
+
+    t = sub.add_parser("train", help="train a PHG-MAE model (config YAML)")
+    t.add_argument("config")
+    t.add_argument("--resume", help="checkpoint to resume from (default: the output folder's last.ckpt if any)")
+    t.add_argument("--device")
+    t.set_defaults(func=cmd_train)
+
+    en = sub.add_parser("ensemble", help="inference-time ensembles over random masks, written into the store")
+    en.add_argument("checkpoint")
+    en.add_argument("store", nargs="+")
+    en.add_argument("-k", "--k", type=int, default=8, help="masks per frame")
+    en.add_argument("--aggregation", choices=("mean", "median", "vote", "learned"), default="mean")
+    en.add_argument("--available", nargs="+", help="modalities treated as available (others always masked)")
+    en.add_argument("--name", help="name of the written modality (default: ensemble_<node>)")
+    en.add_argument("--seed", type=int, default=0)
+    en.add_argument("--frames", nargs="+", metavar="A..B|I")
+    en.add_argument("--batch-size", type=int, default=4)
+    en.add_argument("--device")
+    en.add_argument("--overwrite", action="store_true")
+    en.set_defaults(func=cmd_ensemble)
+
+    d = sub.add_parser("distill", help="distill an ensemble into an RGB-only student (config YAML)")
+    d.add_argument("config")
+    d.add_argument("--device")
+    d.set_defaults(func=cmd_distill)
+
+    c = sub.add_parser("consistency", help="temporal consistency of a modality along stored optical flow")
+    c.add_argument("store", nargs="+")
+    c.add_argument("--modality", required=True)
+    c.add_argument("--flow", required=True)
+    c.add_argument("--delta", type=int, default=1)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_consistency)
+
+    b = sub.add_parser("bench", help="per-stage throughput and peak memory of a recipe on a video")
+    b.add_argument("recipe")
+    b.add_argument("video")
+    b.add_argument("--frames", nargs="+", metavar="A..B|I")
+    b.add_argument("--device")
+    b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--keep", help="keep the benchmark store at this path")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    de = sub.add_parser("demo", help="make a short clip and run the quickstart recipe on it")
+    de.add_argument("-o", "--output", help="folder for the clip and the store (default: a temp folder)")
+    de.add_argument("--device")
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except VreError as err:
+        if args.debug or os.environ.get("VRE_DEBUG"):
+            raise
+        print(f"vre: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("vre: interrupted; finished shards are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as err:  # a bug, not a user error: still one line, the traceback on request
+        if args.debug or os.environ.get("VRE_DEBUG"):
+            raise
+        print(f"vre: internal error: {type(err).__name__}: {err} (rerun with --debug for the "
+              f"traceback and report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""`vre demo`: make a short clip, run the quickstart recipe on it, show what was stored."""
+from __future__ import annotations
+
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from video_pipeline.describe import describe_store
+from video_pipeline.recipe import load_recipe
+from video_pipeline.runner import RunOptions, run
+from video_pipeline.synth import make_clip
+
+
+def quickstart_recipe() -> Path:
+    """Path of the bundled recipes/quickstart.yaml."""
+    return Path(str(resources.files("video_pipeline.recipes") / "quickstart.yaml"))
+
+
+def demo(folder: Path | None = None, device: str | None = None) -> Path:
+    """Write demo.mp4 (48 frames, 180x320) and demo.zarr into `folder` (default: a new temp folder)."""
+    folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="vre-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = make_clip(folder / "demo.mp4")
+    recipe_path = quickstart_recipe()
+    store_path = folder / "demo.zarr"
+    print(f"clip:   {clip}\nrecipe: {recipe_path}")
+    stats = run(load_recipe(recipe_path), clip, store_path, RunOptions(device=device))
+    print(f"store:  {store_path}  ({stats.frames} frames in {stats.wall:.1f} s)\n")
+    print(describe_store(store_path))
+    print(f"\nnext: vre preview {store_path} -o {folder / 'preview.png'}")
+    return store_path

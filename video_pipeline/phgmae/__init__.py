@@ -1,0 +1,1 @@
+"""PHG-MAE: masked hypergraph autoencoders over modalities (model, masking, training, ensembles)."""

@@ -1,0 +1,504 @@
+"""Pipeline: one decode pass, every expert in dependency order per shard, threaded shard writes.
+
+Where a frame goes:
+  1. `plan()` decides, per store shard, which frames each expert computes (not yet durable, or
+     --overwrite) and which dependency frames are read back from the store (stored by an earlier run).
+     The result is a list of `Unit`s, one per shard: the same planner serves every backend.
+  2. `Video.batches` decodes each unit's frames in a background thread (bounded queue).
+  3. `UnitExecutor.compute` runs the experts in dependency order on the unit; each output is handed
+     to its dependents in memory (never recomputed, never re-read).
+  4. `ShardWriter` threads compress + write each finished unit, then flag it done (`store.py`).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from video_pipeline import __version__
+from video_pipeline.errors import DecodeError, ExpertError, StoreError, VreError
+from video_pipeline.expert import Expert
+from video_pipeline.graph import closure, dependents
+from video_pipeline.imageops import resize
+from video_pipeline.recipe import ExpertSpec, Recipe, sha256_of
+from video_pipeline.store import ArraySpec, VideoStore, shard_groups
+from video_pipeline.video import FrameBatch, FrameIndex, Video
+
+ON_ERROR = ("stop", "skip")
+
+
+@dataclass
+class RunOptions:
+    """What `vre run` was asked beyond the recipe."""
+
+    frames: np.ndarray | None = None        # int64 [K] sorted frame indices; None = every frame
+    only: tuple[str, ...] = ()               # compute only these experts (and missing deps)
+    overwrite: bool = False
+    device: str | None = None                # overrides the recipe's default device
+    on_error: str = "stop"                   # stop | skip (skip the failing expert and dependents)
+    progress: bool = True
+    write_threads: int = 2
+    queue_size: int = 2
+
+
+@dataclass
+class Unit:
+    """Work on one store shard: frame indices (sorted int64) per expert to compute / to load."""
+
+    shard: int
+    compute: dict[str, np.ndarray]
+    load: dict[str, np.ndarray]
+
+    @property
+    def frames(self) -> np.ndarray:
+        """Frames to decode: every frame some expert computes."""
+        return np.unique(np.concatenate(list(self.compute.values())))
+
+
+@dataclass
+class RunStats:
+    """Timings and counts of one run (printed by `vre run`, tabulated by `vre bench`)."""
+
+    frames: int = 0
+    units: int = 0
+    expert_seconds: dict[str, float] = field(default_factory=dict)
+    expert_frames: dict[str, int] = field(default_factory=dict)
+    decode_wait: float = 0.0
+    write_seconds: float = 0.0
+    bytes_written: int = 0
+    wall: float = 0.0
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------- planning
+def plan(recipe: Recipe, store: VideoStore, frames: np.ndarray, only: tuple[str, ...] = (),
+         overwrite: bool = False) -> list[Unit]:
+    """Decide what to compute. Pure function of the recipe, the store's flags and the options.
+
+    An expert computes frame f if f is selected and not durable (or --overwrite asked for it), or
+    if a dependent computes f and f is not durable. A durable dependency frame that a dependent
+    needs is loaded from the store instead of recomputed.
+    """
+    deps = recipe.deps
+    asked = set(only) if only else set(recipe.experts)
+    run_set = closure(asked, deps)
+    selected = np.zeros(store.n_frames, dtype=bool)
+    selected[frames] = True
+    done = {n: np.zeros(store.n_frames, dtype=bool) if overwrite and n in asked else store.done_frames(n)
+            for n in run_set}
+    need = {n: np.zeros(store.n_frames, dtype=bool) for n in run_set}
+    users = dependents({n: [d for d in deps[n]] for n in run_set})
+    compute, load = {}, {}
+    for name in reversed([n for n in recipe.experts if n in run_set]):
+        need[name] = selected & ~done[name] if name in asked else need[name]
+        for user in users[name]:
+            need[name] |= compute[user]
+        compute[name] = need[name] & ~done[name]
+        load[name] = np.zeros_like(compute[name])
+        for user in users[name]:
+            load[name] |= compute[user] & done[name]
+    units = []
+    order = [n for n in recipe.experts if n in run_set]
+    all_compute = np.flatnonzero(np.logical_or.reduce([compute[n] for n in order]))
+    for shard in shard_groups(all_compute, store.shard_frames):
+        lo, hi = shard * store.shard_frames, (shard + 1) * store.shard_frames
+        c = {n: np.flatnonzero(compute[n][lo:hi]) + lo for n in order}
+        ld = {n: np.flatnonzero(load[n][lo:hi]) + lo for n in order}
+        units.append(Unit(shard, {n: v for n, v in c.items() if len(v)},
+                          {n: v for n, v in ld.items() if len(v)}))
+    return units
+
+
+# ---------------------------------------------------------------------------------------- experts
+def resolve_device(requested: str | None) -> str:
+    """'auto' -> the best available torch device; other names pass through."""
+    if requested not in (None, "auto"):
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def array_spec(spec: ExpertSpec, weights_attrs: dict | None) -> ArraySpec:
+    """The store array of an expert, with its provenance attrs."""
+    out = spec.output
+    attrs = {"type": spec.type, "params": spec.params, "deps": list(spec.deps),
+             "weights": weights_attrs, **out.to_attrs()}
+    return ArraySpec(name=spec.name, channels=out.channels, dtype=out.dtype, attrs=attrs)
+
+
+def load_experts(recipe: Recipe, names: list[str], device: str | None) -> tuple[dict[str, Expert], dict]:
+    """Instantiate, bind and set up the experts `names`; weights are resolved first (fail fast).
+
+    Returns (experts by name, weights attrs by name).
+    """
+    from video_pipeline import weights as weights_mod
+
+    resolved, attrs = {}, {}
+    for name in names:
+        spec = recipe.experts[name]
+        if spec.weights is None:
+            resolved[name], attrs[name] = None, None
+            continue
+        w = weights_mod.resolve(spec.weights, expert=name, base_dir=recipe.path.parent)
+        resolved[name], attrs[name] = w.path, w.to_attrs()
+    experts = {}
+    for name in names:
+        spec = recipe.experts[name]
+        expert = spec.build().bind(name, spec.deps, spec.weights, resolved[name], spec.dtype)
+        dev = resolve_device(spec.device or device or recipe.device) if expert.uses_torch else "cpu"
+        try:
+            expert.setup(dev)
+        except VreError:
+            raise
+        except Exception as err:
+            raise ExpertError(f"expert '{name}' ({spec.type}) failed to load on {dev}: "
+                              f"{type(err).__name__}: {err}") from err
+        experts[name] = expert
+    return experts, attrs
+
+
+def check_output(spec: ExpertSpec, out, n: int, size: tuple[int, int], frames: np.ndarray) -> np.ndarray:
+    """Validate an expert's output at the boundary: shape [n,H,W,C], finite, cast to the spec dtype."""
+    where = f"expert '{spec.name}' ({spec.type}) at frames {frames[0]}..{frames[-1]}"
+    if not isinstance(out, np.ndarray):
+        raise ExpertError(f"{where}: returned {type(out).__name__}, expected a numpy array")
+    c = spec.output.channels
+    if out.ndim != 4 or out.shape[0] != n or out.shape[3] != c:
+        raise ExpertError(f"{where}: returned shape {tuple(out.shape)}, expected [{n}, H, W, {c}]")
+    if out.dtype.kind == "f":
+        bad = ~np.isfinite(out.reshape(n, -1)).all(axis=1)
+        if bad.any():
+            raise ExpertError(f"{where}: returned NaN/Inf at frame {frames[int(np.argmax(bad))]}")
+    if out.shape[1:3] != size:
+        out = resize(out, size, spec.output.kind)
+    return out.astype(spec.output.dtype, copy=False)
+
+
+class UnitExecutor:
+    """Runs the experts of a recipe on decoded units, in dependency order, in memory."""
+
+    def __init__(self, recipe: Recipe, experts: Mapping[str, Expert], size: tuple[int, int],
+                 store: VideoStore, on_error: str, stats: RunStats):
+        self.recipe, self.experts, self.size = recipe, experts, size
+        self.store, self.on_error, self.stats = store, on_error, stats
+        self.skipped: dict[str, str] = stats.skipped
+
+    def compute(self, unit: Unit, batch: FrameBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Outputs {name: (frame indices [K], data [K,H,W,C])} of the experts computed on this unit."""
+        available: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        results = {}
+        for name, idx in unit.load.items():
+            available[name] = (idx, self.store.read(name, idx))
+        for name, spec in self.recipe.experts.items():
+            idx = unit.compute.get(name)
+            if idx is None or name in self.skipped:
+                continue
+            if any(d in self.skipped for d in spec.deps):
+                self.skip(name, f"dependency '{next(d for d in spec.deps if d in self.skipped)}' was skipped")
+                continue
+            idx = idx[np.isin(idx, batch.indices)]  # a decode failure may cut the unit short
+            if not len(idx):
+                continue
+            try:
+                data = self.run_expert(spec, idx, batch, available)
+            except ExpertError as err:
+                if self.on_error == "stop":
+                    raise
+                self.skip(name, str(err))
+                continue
+            available[name] = results[name] = (idx, data)
+        return results
+
+    def run_expert(self, spec: ExpertSpec, idx: np.ndarray, batch: FrameBatch,
+                   available: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        expert = self.experts[spec.name]
+        pos = np.searchsorted(batch.indices, idx)
+        dep_rows = {d: np.searchsorted(available[d][0], idx) for d in spec.deps}
+        out = np.empty((len(idx), *self.size, spec.output.channels), dtype=spec.output.dtype)
+        t0 = time.perf_counter()
+        for a in range(0, len(idx), spec.batch_size):
+            sl = slice(a, a + spec.batch_size)
+            frames = batch.frames[pos[sl]]
+            deps = {d: available[d][1][rows[sl]] for d, rows in dep_rows.items()}
+            if expert.needs_next_frame:
+                deps["next_frames"] = batch.next_frames[pos[sl]]
+                deps["next_sign"] = batch.next_sign[pos[sl]]
+            if spec.resolution and spec.resolution != self.size:
+                frames = resize(frames, spec.resolution, "image")
+                deps = {d: resize(v, spec.resolution, self.recipe.experts[d].output.kind
+                                  if d in self.recipe.experts else "image") if v.ndim == 4 else v
+                        for d, v in deps.items()}
+            try:
+                res = expert(frames, deps)
+            except VreError:
+                raise
+            except Exception as err:
+                raise ExpertError(f"expert '{spec.name}' ({spec.type}) failed at frames "
+                                  f"{idx[sl][0]}..{idx[sl][-1]}: {type(err).__name__}: {err}") from err
+            out[sl] = check_output(spec, res, len(frames), self.size, idx[sl])
+        self.stats.expert_seconds[spec.name] = self.stats.expert_seconds.get(spec.name, 0.0) + time.perf_counter() - t0
+        self.stats.expert_frames[spec.name] = self.stats.expert_frames.get(spec.name, 0) + len(idx)
+        return out
+
+    def skip(self, name: str, reason: str) -> None:
+        """--on-error skip: stop computing `name` for this run and record why in the store."""
+        self.skipped[name] = reason
+        if name in self.store.group:
+            self.store.array(name).attrs["skipped"] = reason
+        meta = self.store.meta
+        meta.setdefault("skipped", {})[name] = reason
+        self.store.set_meta(meta)
+
+
+class ShardWriter:
+    """Writer threads: compress + write a unit's arrays, then flag its frames durable.
+
+    At most `depth` units wait in memory; `submit` blocks beyond that (back-pressure).
+    """
+
+    def __init__(self, store: VideoStore, threads: int, stats: RunStats):
+        self.store, self.stats = store, stats
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vre-writer")
+        self.pending: deque[Future] = deque()
+        self.depth = threads + 1
+        self.lock = threading.Lock()
+
+    def submit(self, shard: int, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self.write, shard, results))
+
+    def write(self, shard: int, results) -> None:
+        t0 = time.perf_counter()
+        for name, (idx, data) in results.items():
+            try:
+                self.store.write_frames(name, idx, data)
+                self.store.mark_done(name, idx)
+            except OSError as err:
+                raise StoreError(f"{self.store.path}/{name}: cannot write shard {shard} "
+                                 f"(frames {idx[0]}..{idx[-1]}): {err.strerror or err}; free space or "
+                                 f"choose another -o, then rerun to resume") from None
+        with self.lock:
+            self.stats.write_seconds += time.perf_counter() - t0
+            self.stats.bytes_written += sum(d.nbytes for _, d in results.values())
+
+    def close(self) -> None:
+        """Wait for every pending write; re-raise the first failure."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------------------- store setup
+class StoreLock:
+    """An exclusive advisory lock on a store for the duration of a run (released if killed)."""
+
+    def __init__(self, path: Path):
+        self.path = path / ".vre-lock"
+
+    def __enter__(self):
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StoreError(f"{self.path.parent}: cannot create the store ({err.strerror}); "
+                             f"choose another location with -o") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise StoreError(f"{self.path.parent}: another vre run (pid {other}) is writing this store; "
+                             f"wait for it to finish or use another -o") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def reconcile(recipe: Recipe, store: VideoStore, video_info: dict, size: tuple[int, int],
+              overwrite_names: set[str]) -> dict:
+    """Check the recipe against what the store holds; return the merged recipe dict to record.
+
+    Same video, resolution and shard size are required. An expert already stored under the same
+    name must have the same identity (type, deps, params, weights, ...), unless it is overwritten.
+    Experts of the store the recipe does not mention are kept as they are.
+    """
+    meta = store.meta
+    new = recipe.to_dict()
+    if not meta:
+        return new
+    where = str(store.path)
+    if meta["video"]["n_frames"] != video_info["n_frames"]:
+        raise StoreError(f"{where}: holds a video of {meta['video']['n_frames']} frames "
+                         f"({meta['video']['path']}), this one has {video_info['n_frames']}; use another -o")
+    if tuple(meta["resolution"]) != tuple(size):
+        raise StoreError(f"{where}: stored at resolution {meta['resolution']}, the recipe asks "
+                         f"{list(size)}; use another -o")
+    if meta["shard_frames"] != recipe.shard_frames:
+        raise StoreError(f"{where}: stored with shard_frames {meta['shard_frames']}, the recipe asks "
+                         f"{recipe.shard_frames}; use another -o")
+    stored = meta["recipe"]["experts"]
+    for name, ident in new["experts"].items():
+        old = stored.get(name)
+        if old is None or old == ident or name in overwrite_names:
+            continue
+        diff = [k for k in ident if ident[k] != old.get(k)]
+        raise StoreError(f"{where}: expert '{name}' is stored with a different recipe ("
+                         + ", ".join(f"{k}: {old.get(k)!r} -> {ident[k]!r}" for k in diff)
+                         + "); rerun with --overwrite --only " + name + " or use another -o")
+    merged = dict(meta["recipe"])
+    merged["experts"] = {**stored, **new["experts"]}
+    return merged
+
+
+# ---------------------------------------------------------------------------------------- the run
+def run(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOptions | None = None) -> RunStats:
+    """`vre run`: compute what the recipe asks and the store lacks, one decode pass.
+
+    Raises VreError subclasses for everything a user can cause; every finished shard is kept.
+    """
+    options = options or RunOptions()
+    t_start = time.perf_counter()
+    stats = RunStats()
+    for name in options.only:
+        if name not in recipe.experts:
+            raise VreError(f"--only {name}: not an expert of {recipe.path} "
+                           f"(it has: {', '.join(recipe.experts)})")
+    if options.on_error not in ON_ERROR:
+        raise VreError(f"--on-error must be one of {', '.join(ON_ERROR)}")
+    out = Path(out)
+    video = open_video(video_path, out)
+    size = recipe.resolution or (video.height, video.width)
+    with StoreLock(out):
+        store = VideoStore.open(out, mode="a")  # under the lock, so leftovers are safe to clean
+        asked = set(options.only) if options.only else set(recipe.experts)
+        info = video_facts(video)
+        merged = reconcile(recipe, store, info, size, asked if options.overwrite else set())
+        if options.overwrite:
+            for name in asked:  # an overwritten expert may change shape: start its array afresh
+                if name in store.group and _array_differs(store, recipe.experts[name], size):
+                    del store.group[name]
+                    for flags in ("_progress", "_frames"):
+                        if f"{flags}/{name}" in store.group:
+                            del store.group[f"{flags}/{name}"]
+        store.init_meta(merged, sha256_of(merged), info, __version__, recipe.shard_frames, size)
+        if store.load_index() is None:
+            store.save_index(video.index.to_arrays(), video.index.time_base)
+        frames = options.frames if options.frames is not None else np.arange(video.n_frames)
+        units = plan(recipe, store, frames, options.only, options.overwrite)
+        if not units:
+            stats.wall = time.perf_counter() - t_start
+            return stats
+        computing = [n for n in recipe.experts if any(n in u.compute for u in units)]
+        experts, weights_attrs = load_experts(recipe, computing, options.device)
+        try:
+            for name in computing:
+                store.ensure_array(array_spec(recipe.experts[name], weights_attrs[name]), *size)
+            _execute(recipe, experts, video, store, units, size, options, stats)
+        finally:
+            for expert in experts.values():
+                expert.teardown()
+    stats.wall = time.perf_counter() - t_start
+    return stats
+
+
+def _array_differs(store: VideoStore, spec: ExpertSpec, size) -> bool:
+    arr = store.group[spec.name]
+    return tuple(arr.shape[1:]) != (*size, spec.output.channels) or str(arr.dtype) != spec.output.dtype
+
+
+def video_facts(video: Video) -> dict:
+    """The store's `video` attrs: the design's facts plus the file's size and mtime, which tell a
+    rerun whether the stored frame index still describes the file."""
+    info = dict(video.info())
+    if video.path.is_file():
+        st = video.path.stat()
+        info.update(file_size=st.st_size, file_mtime=st.st_mtime)
+    return info
+
+
+def open_video(video_path: str | Path, out: Path) -> Video:
+    """Open the video, reusing the frame index stored by an earlier run on the same file."""
+    video_path = Path(video_path)
+    index = None
+    if (out / "zarr.json").is_file() and video_path.exists():
+        try:
+            store = VideoStore.open(out, "r")
+            stored = store.load_index()
+            meta_video = store.meta.get("video", {})
+            st = video_path.stat()
+            if stored and meta_video.get("file_size") == st.st_size and meta_video.get("file_mtime") == st.st_mtime:
+                index = FrameIndex.from_arrays(*stored)
+        except VreError:
+            index = None
+    video = Video.open(video_path, index=index)
+    return video
+
+
+def _execute(recipe: Recipe, experts: Mapping[str, Expert], video: Video, store: VideoStore,
+             units: list[Unit], size: tuple[int, int], options: RunOptions, stats: RunStats) -> None:
+    """Decode, compute and write `units`; finished units stay durable whatever happens next."""
+    executor = UnitExecutor(recipe, experts, size, store, options.on_error, stats)
+    writer = ShardWriter(store, options.write_threads, stats)
+    with_next = any(experts[n].needs_next_frame for n in experts)
+    total = sum(len(u.frames) for u in units)
+    bar = _progress_bar(total, store.path.name, options.progress)
+    batches: Iterator[FrameBatch] = video.batches([u.frames for u in units], size=size,
+                                                  with_next=with_next, queue_size=options.queue_size)
+    decode_error: DecodeError | None = None
+    try:
+        for unit in units:
+            t0 = time.perf_counter()
+            try:
+                batch = next(batches)
+            except DecodeError as err:
+                decode_error = err
+                break
+            stats.decode_wait += time.perf_counter() - t0
+            results = executor.compute(unit, batch)
+            if results:
+                writer.submit(unit.shard, results)
+            stats.frames += len(batch.indices)
+            stats.units += 1
+            bar.update(len(batch.indices))
+            if len(batch.indices) < len(unit.frames):  # the reader stopped inside this unit
+                try:
+                    next(batches)
+                except DecodeError as err:
+                    decode_error = err
+                except StopIteration:
+                    pass
+                break
+    finally:
+        batches.close()
+        bar.close()
+        writer.close()
+    if decode_error is not None:
+        raise DecodeError(f"{decode_error} ({stats.frames} frames before it were processed and stored; "
+                          f"the rest of the video was not)", decode_error.frame)
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True,
+                smoothing=0.1)

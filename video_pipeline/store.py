@@ -1,0 +1,303 @@
+"""VideoStore: one zarr v3 group per video, one array per modality, shard-level progress flags.
+
+Layout (design contract):
+    <video>.zarr/
+      attrs["video_pipeline"]   {schema_version, version, recipe, recipe_sha256, video, created}
+      <name>                    [T, H, W, C], dimension_names (frame, y, x, channel), chunk = 1 frame,
+                                shard = shard_frames frames, Blosc zstd; attrs: provenance
+      _progress/<name>          uint8 [n_shards]: 1 once that shard is fully computed and durable
+      _frames/<name>            uint8 [T]: 1 once that frame is durable (frame-subset runs fill
+                                single frames; a shard's flag is set when all its frames are done)
+      _index/pts, _index/keyframe   the demuxed frame index of the video (int64, bool [T])
+
+Durability order for a shard: data written (zarr writes each object to a temporary file and renames
+it), then its `_frames` entries, then its `_progress` flag. A killed run can only leave shards
+whose flag is 0: they are recomputed. Temporary `*.partial` files left by a kill are removed on open.
+Every writer owns whole shards, and every flag array has one chunk per shard, so concurrent writers
+never touch the same object.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from video_pipeline.errors import StoreError
+
+SCHEMA_VERSION = 1
+META_KEY = "video_pipeline"
+PRIVATE_GROUPS = ("_progress", "_frames", "_index")
+
+
+def compressor(clevel: int = 3) -> BloscCodec:
+    """The one codec used for every array: Blosc zstd with byte shuffle."""
+    return BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape and provenance of one modality array: [n_frames, height, width, channels]."""
+
+    name: str
+    channels: int
+    dtype: str
+    attrs: Mapping
+
+    @property
+    def fill_value(self):
+        return 255 if self.dtype == "uint8" else float("nan")
+
+
+def shard_bounds(shard: int, shard_frames: int, n_frames: int) -> tuple[int, int]:
+    """[start, stop) frame range of shard number `shard`."""
+    start = shard * shard_frames
+    return start, min(start + shard_frames, n_frames)
+
+
+def shard_groups(frames: np.ndarray, shard_frames: int) -> dict[int, np.ndarray]:
+    """Split sorted frame indices int64 [K] into {shard number: indices in that shard}."""
+    if len(frames) == 0:
+        return {}
+    shards = frames // shard_frames
+    cuts = np.flatnonzero(np.diff(shards)) + 1
+    return {int(chunk[0] // shard_frames): chunk for chunk in np.split(frames, cuts)}
+
+
+def contiguous_runs(indices: np.ndarray) -> list[tuple[int, int, int]]:
+    """Sorted indices [K] -> [(position in indices, start, stop)] of consecutive runs."""
+    cuts = np.flatnonzero(np.diff(indices) != 1) + 1
+    starts = np.concatenate([[0], cuts])
+    stops = np.concatenate([cuts, [len(indices)]])
+    return [(int(a), int(indices[a]), int(indices[b - 1]) + 1) for a, b in zip(starts, stops)]
+
+
+class VideoStore:
+    """A store of one video: created or opened with `VideoStore.open`.
+
+    Writing API used by the runner: `ensure_array`, `write_frames`, `mark_done`.
+    Reading API: `names`, `array`, `done_frames`, `done_shards`, `meta`.
+    """
+
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = path
+        self.group = group
+
+    # ----------------------------------------------------------------- open / create
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "VideoStore":
+        """Open an existing store ('r' or 'r+'), or create one ('a': open or create, 'w': replace)."""
+        path = Path(path)
+        if mode in ("r", "r+"):
+            if not (path / "zarr.json").is_file():
+                raise StoreError(f"{path}: not a video-pipeline store (no zarr.json); "
+                                 f"create it with `vre run RECIPE VIDEO -o {path}`")
+        if mode == "w" and path.exists():
+            shutil.rmtree(path)
+        if mode != "r":
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                probe = path / ".vre-write-test"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as err:
+                raise StoreError(f"{path}: output is not writable ({err.strerror}); "
+                                 f"choose another location with -o") from None
+            if mode in ("a", "w"):  # the opener owns the store (lock held): leftovers are stale
+                remove_partials(path)
+        try:
+            group = zarr.open_group(str(path), mode="r" if mode == "r" else "a", zarr_format=3)
+        except Exception as err:
+            raise StoreError(f"{path}: cannot open as a zarr v3 group ({type(err).__name__}: {err})") from None
+        if mode != "r" and META_KEY not in group.attrs and any(True for _ in group.array_keys()):
+            raise StoreError(f"{path}: is a zarr group not written by video-pipeline; "
+                             f"refusing to write into it (choose another -o)")
+        return cls(path, group)
+
+    # ----------------------------------------------------------------- metadata
+    @property
+    def meta(self) -> dict:
+        """The root attrs["video_pipeline"] dict ({} for a new store)."""
+        return dict(self.group.attrs.get(META_KEY, {}))
+
+    def set_meta(self, meta: dict) -> None:
+        """Replace attrs["video_pipeline"] (one small atomic JSON write)."""
+        self.group.attrs[META_KEY] = json.loads(json.dumps(meta))
+
+    def init_meta(self, recipe: dict, recipe_sha256: str, video: dict, version: str,
+                  shard_frames: int, resolution: tuple[int, int]) -> None:
+        """Write the root metadata of a new store (or refresh the recipe of an existing one)."""
+        meta = self.meta
+        meta.update({"schema_version": SCHEMA_VERSION, "version": version, "recipe": recipe,
+                     "recipe_sha256": recipe_sha256, "video": video,
+                     "shard_frames": int(shard_frames), "resolution": list(resolution)})
+        meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        self.set_meta(meta)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.meta["video"]["n_frames"])
+
+    @property
+    def shard_frames(self) -> int:
+        return int(self.meta["shard_frames"])
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_frames / self.shard_frames)
+
+    @property
+    def names(self) -> list[str]:
+        """Modality arrays in the store (recipe order when known, else sorted)."""
+        present = {k for k in self.group.array_keys()}
+        order = list(self.meta.get("recipe", {}).get("experts", {}))
+        return [n for n in order if n in present] + sorted(present - set(order))
+
+    def array(self, name: str) -> zarr.Array:
+        try:
+            return self.group[name]
+        except KeyError:
+            raise StoreError(f"{self.path}: has no modality '{name}' (it has: "
+                             f"{', '.join(self.names) or 'none'})") from None
+
+    # ----------------------------------------------------------------- frame index
+    def save_index(self, arrays: Mapping[str, np.ndarray], time_base: float) -> None:
+        """Store the demuxed frame index (`_index/<key>` arrays) and the file facts it belongs to."""
+        for key, values in arrays.items():
+            self.group.create_array(f"_index/{key}", data=np.asarray(values), overwrite=True)
+        self.group.require_group("_index").attrs["time_base"] = float(time_base)
+
+    def load_index(self) -> tuple[dict[str, np.ndarray], float] | None:
+        """The stored frame index, or None."""
+        if "_index" not in self.group:
+            return None
+        grp = self.group["_index"]
+        arrays = {k: grp[k][...] for k in grp.array_keys()}
+        return arrays, float(grp.attrs.get("time_base", 0.0))
+
+    # ----------------------------------------------------------------- arrays
+    def ensure_array(self, spec: ArraySpec, height: int, width: int) -> zarr.Array:
+        """Create modality array `spec.name` (and its flags) if missing; return it.
+
+        An existing array with another shape/dtype is a StoreError (the recipe check should have
+        caught it before). Attrs are refreshed (provenance of the latest run).
+        """
+        n, sf = self.n_frames, self.shard_frames
+        shape = (n, height, width, spec.channels)
+        if spec.name in self.group:
+            arr = self.group[spec.name]
+            if tuple(arr.shape) != shape or str(arr.dtype) != spec.dtype:
+                raise StoreError(f"{self.path}/{spec.name}: stored as {tuple(arr.shape)} {arr.dtype}, "
+                                 f"the recipe now makes {shape} {spec.dtype}; use --overwrite or another -o")
+        else:
+            arr = self.group.create_array(
+                spec.name, shape=shape, dtype=spec.dtype, chunks=(1, height, width, spec.channels),
+                shards=(sf, height, width, spec.channels), compressors=compressor(),
+                fill_value=spec.fill_value, dimension_names=("frame", "y", "x", "channel"))
+        arr.attrs.put(json.loads(json.dumps(dict(spec.attrs))))
+        for flags, length, chunk in (("_progress", self.n_shards, 1), ("_frames", n, sf)):
+            key = f"{flags}/{spec.name}"
+            if key not in self.group:
+                self.group.create_array(key, shape=(length,), dtype="uint8", chunks=(chunk,),
+                                        fill_value=0, compressors=None)
+        return arr
+
+    def write_frames(self, name: str, indices: np.ndarray, data: np.ndarray) -> None:
+        """Write data [K,H,W,C] at sorted frame `indices` [K] (all in one shard)."""
+        arr = self.group[name]
+        for pos, start, stop in contiguous_runs(indices):
+            arr[start:stop] = data[pos:pos + stop - start]
+
+    def mark_done(self, name: str, indices: np.ndarray) -> None:
+        """Flag frames `indices` (all in one shard) durable; set the shard flag if it is complete."""
+        frames = self.group[f"_frames/{name}"]
+        shard = int(indices[0]) // self.shard_frames
+        start, stop = shard_bounds(shard, self.shard_frames, self.n_frames)
+        done = frames[start:stop]
+        done[indices - start] = 1
+        frames[start:stop] = done
+        if done.all():
+            self.group[f"_progress/{name}"][shard] = 1
+
+    def clear(self, name: str, indices: np.ndarray | None = None) -> None:
+        """Forget frames (all when `indices` is None) of `name` so they are recomputed (--overwrite)."""
+        if name not in self.group:
+            return
+        if indices is None:
+            self.group[f"_frames/{name}"][:] = 0
+            self.group[f"_progress/{name}"][:] = 0
+            return
+        frames = self.group[f"_frames/{name}"]
+        done = frames[:]
+        done[indices] = 0
+        frames[:] = done
+        shards = np.unique(indices // self.shard_frames)
+        progress = self.group[f"_progress/{name}"]
+        for s in shards:
+            progress[int(s)] = 0
+
+    def done_frames(self, name: str) -> np.ndarray:
+        """bool [T]: frames of `name` that are durable (all False if the array does not exist)."""
+        key = f"_frames/{name}"
+        if key not in self.group:
+            return np.zeros(self.n_frames, dtype=bool)
+        return self.group[key][:].astype(bool)
+
+    def done_shards(self, name: str) -> np.ndarray:
+        """bool [n_shards]: shards of `name` marked complete."""
+        key = f"_progress/{name}"
+        if key not in self.group:
+            return np.zeros(self.n_shards, dtype=bool)
+        return self.group[key][:].astype(bool)
+
+    def read(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """Read frames `indices` (sorted) of `name`: [K,H,W,C]."""
+        arr = self.group[name]
+        parts = [arr[start:stop] for _, start, stop in contiguous_runs(indices)]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def summary(self) -> dict:
+        """JSON-safe description for `vre inspect`: modalities, shapes, dtypes, completion, provenance."""
+        meta = self.meta
+        out = {"path": str(self.path), "video": meta.get("video"), "version": meta.get("version"),
+               "created": meta.get("created"), "recipe_sha256": meta.get("recipe_sha256"),
+               "shard_frames": meta.get("shard_frames"), "modalities": {}}
+        for name in self.names:
+            arr = self.group[name]
+            done = self.done_frames(name)
+            attrs = dict(arr.attrs)
+            out["modalities"][name] = {
+                "shape": list(arr.shape), "dtype": str(arr.dtype), "type": attrs.get("type"),
+                "kind": attrs.get("kind"), "frames_done": int(done.sum()), "n_frames": int(len(done)),
+                "shards_done": int(self.done_shards(name).sum()), "n_shards": self.n_shards,
+                "deps": attrs.get("deps", []), "weights": attrs.get("weights"),
+                "params": attrs.get("params", {}), "skipped": attrs.get("skipped"),
+                "bytes": dir_size(self.path / name)}
+        return out
+
+
+def dir_size(path: Path) -> int:
+    """Total bytes of the files under `path`."""
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def remove_partials(path: Path) -> int:
+    """Delete temporary `*.partial` files a killed writer left behind; returns how many."""
+    removed = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            if f.endswith(".partial"):
+                os.unlink(os.path.join(root, f))
+                removed += 1
+    return removed

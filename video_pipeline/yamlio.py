@@ -1,0 +1,82 @@
+"""Safe YAML loading that remembers line numbers, for `FILE:LINE: what is wrong` errors.
+
+Shared by recipes (`recipe.py`) and training configs (`phgmae/config.py`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from video_pipeline.errors import RecipeError
+
+
+class LineDict(dict):
+    """A dict from YAML that knows the line of itself (`line`) and of each key (`lines[key]`)."""
+
+    line: int = 0
+    lines: dict
+
+    def line_of(self, key) -> int:
+        return self.lines.get(key, self.line)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader (no arbitrary objects) whose mappings are LineDicts."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    out = LineDict()
+    out.line, out.lines = node.start_mark.line + 1, {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value",
+                                                    key_node.start_mark) from None
+        if key in out:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'",
+                                                    key_node.start_mark)
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.lines[key] = line
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: str | Path, what: str = "recipe") -> LineDict:
+    """Parse a YAML file into LineDicts; any problem is a RecipeError `FILE:LINE: ...`."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: {what} file not found") from None
+    except OSError as err:
+        raise RecipeError(f"{path}: cannot read the {what} ({err.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise RecipeError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); "
+                          f"save the {what} as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line = mark.line + 1 if mark else 1
+        problem = err.problem or err.context or "invalid YAML"
+        raise RecipeError(f"{path}:{line}: invalid YAML: {problem}") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}:1: invalid YAML: {err}") from None
+    except RecursionError:
+        raise RecipeError(f"{path}:1: invalid YAML: nested too deeply") from None
+    if data is None:
+        raise RecipeError(f"{path}:1: the {what} is empty")
+    if not isinstance(data, LineDict):
+        raise RecipeError(f"{path}:1: the {what} must be a mapping of keys to values, "
+                          f"got {type(data).__name__}")
+    return data
