@@ -139,25 +139,27 @@ def array_spec(spec: ExpertSpec, weights_attrs: dict | None) -> ArraySpec:
     return ArraySpec(name=spec.name, channels=out.channels, dtype=out.dtype, attrs=attrs)
 
 
-def load_experts(recipe: Recipe, names: list[str], device: str | None) -> tuple[dict[str, Expert], dict]:
-    """Instantiate, bind and set up the experts `names`; weights are resolved first (fail fast).
-
-    Returns (experts by name, weights attrs by name).
-    """
-    from video_pipeline import weights as weights_mod
-
-    resolved, attrs = {}, {}
+def resolve_weights(recipe: Recipe, names: list[str]) -> dict:
+    """Resolve the weights of experts `names` (name -> ResolvedWeights or None); fails fast."""
+    out = {}
     for name in names:
         spec = recipe.experts[name]
         if spec.weights is None:
-            resolved[name], attrs[name] = None, None
+            out[name] = None
             continue
-        w = weights_mod.resolve(spec.weights, expert=name, base_dir=recipe.path.parent)
-        resolved[name], attrs[name] = w.path, w.to_attrs()
+        from video_pipeline import weights as weights_mod
+
+        out[name] = weights_mod.resolve(spec.weights, expert=name, base_dir=recipe.path.parent)
+    return out
+
+
+def load_experts(recipe: Recipe, names: list[str], weights: Mapping, device: str | None) -> dict[str, Expert]:
+    """Instantiate, bind and set up the experts `names` with their resolved `weights`."""
     experts = {}
     for name in names:
         spec = recipe.experts[name]
-        expert = spec.build().bind(name, spec.deps, spec.weights, resolved[name], spec.dtype)
+        w = weights.get(name)
+        expert = spec.build().bind(name, spec.deps, spec.weights, w.path if w else None, spec.dtype)
         dev = resolve_device(spec.device or device or recipe.device) if expert.uses_torch else "cpu"
         try:
             expert.setup(dev)
@@ -167,7 +169,7 @@ def load_experts(recipe: Recipe, names: list[str], device: str | None) -> tuple[
             raise ExpertError(f"expert '{name}' ({spec.type}) failed to load on {dev}: "
                               f"{type(err).__name__}: {err}") from err
         experts[name] = expert
-    return experts, attrs
+    return experts
 
 
 def check_output(spec: ExpertSpec, out, n: int, size: tuple[int, int], frames: np.ndarray) -> np.ndarray:
@@ -371,14 +373,24 @@ def reconcile(recipe: Recipe, store: VideoStore, video_info: dict, size: tuple[i
 
 
 # ---------------------------------------------------------------------------------------- the run
-def run(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOptions | None = None) -> RunStats:
-    """`vre run`: compute what the recipe asks and the store lacks, one decode pass.
+@dataclass
+class Prepared:
+    """A store made ready for a run: metadata reconciled, arrays created, work planned."""
 
-    Raises VreError subclasses for everything a user can cause; every finished shard is kept.
+    store: VideoStore
+    video: Video
+    size: tuple[int, int]
+    units: list[Unit]
+    computing: list[str]                 # experts with work to do, in dependency order
+    weights: dict[str, object]           # name -> ResolvedWeights (or None)
+
+
+def prepare(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOptions) -> Prepared:
+    """Everything before the first decoded frame; call with the store's lock held.
+
+    Checks the recipe against the store, records the metadata and frame index, plans the units,
+    resolves every needed weight (so a missing one fails before decoding) and creates the arrays.
     """
-    options = options or RunOptions()
-    t_start = time.perf_counter()
-    stats = RunStats()
     for name in options.only:
         if name not in recipe.experts:
             raise VreError(f"--only {name}: not an expert of {recipe.path} "
@@ -388,35 +400,53 @@ def run(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOpt
     out = Path(out)
     video = open_video(video_path, out)
     size = recipe.resolution or (video.height, video.width)
-    with StoreLock(out):
-        store = VideoStore.open(out, mode="a")  # under the lock, so leftovers are safe to clean
-        asked = set(options.only) if options.only else set(recipe.experts)
-        info = video_facts(video)
-        merged = reconcile(recipe, store, info, size, asked if options.overwrite else set())
-        if options.overwrite:
-            for name in asked:  # an overwritten expert may change shape: start its array afresh
-                if name in store.group and _array_differs(store, recipe.experts[name], size):
-                    del store.group[name]
-                    for flags in ("_progress", "_frames"):
-                        if f"{flags}/{name}" in store.group:
-                            del store.group[f"{flags}/{name}"]
-        store.init_meta(merged, sha256_of(merged), info, __version__, recipe.shard_frames, size)
-        if store.load_index() is None:
-            store.save_index(video.index.to_arrays(), video.index.time_base)
-        frames = options.frames if options.frames is not None else np.arange(video.n_frames)
-        units = plan(recipe, store, frames, options.only, options.overwrite)
-        if not units:
-            stats.wall = time.perf_counter() - t_start
-            return stats
-        computing = [n for n in recipe.experts if any(n in u.compute for u in units)]
-        experts, weights_attrs = load_experts(recipe, computing, options.device)
-        try:
-            for name in computing:
-                store.ensure_array(array_spec(recipe.experts[name], weights_attrs[name]), *size)
-            _execute(recipe, experts, video, store, units, size, options, stats)
-        finally:
-            for expert in experts.values():
-                expert.teardown()
+    store = VideoStore.open(out, mode="a")
+    asked = set(options.only) if options.only else set(recipe.experts)
+    info = video_facts(video)
+    merged = reconcile(recipe, store, info, size, asked if options.overwrite else set())
+    if options.overwrite:
+        for name in asked:  # an overwritten expert may change shape: start its array afresh
+            if name in store.group and _array_differs(store, recipe.experts[name], size):
+                del store.group[name]
+                for flags in ("_progress", "_frames"):
+                    if f"{flags}/{name}" in store.group:
+                        del store.group[f"{flags}/{name}"]
+    store.init_meta(merged, sha256_of(merged), info, __version__, recipe.shard_frames, size)
+    if store.load_index() is None:
+        store.save_index(video.index.to_arrays(), video.index.time_base)
+    frames = options.frames if options.frames is not None else np.arange(video.n_frames)
+    units = plan(recipe, store, frames, options.only, options.overwrite)
+    computing = [n for n in recipe.experts if any(n in u.compute for u in units)]
+    weights = resolve_weights(recipe, computing)
+    for name in computing:
+        w = weights[name]
+        store.ensure_array(array_spec(recipe.experts[name], w.to_attrs() if w else None), *size)
+    return Prepared(store, video, size, units, computing, weights)
+
+
+def execute(recipe: Recipe, prepared: Prepared, units: list[Unit], options: RunOptions,
+            stats: RunStats) -> None:
+    """Load the experts, run `units`, free the experts. Any backend's worker calls this."""
+    experts = load_experts(recipe, prepared.computing, prepared.weights, options.device)
+    try:
+        _execute(recipe, experts, prepared.video, prepared.store, units, prepared.size, options, stats)
+    finally:
+        for expert in experts.values():
+            expert.teardown()
+
+
+def run(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOptions | None = None) -> RunStats:
+    """`vre run` on one video: compute what the recipe asks and the store lacks, one decode pass.
+
+    Raises VreError subclasses for everything a user can cause; every finished shard is kept.
+    """
+    options = options or RunOptions()
+    t_start = time.perf_counter()
+    stats = RunStats()
+    with StoreLock(Path(out)):
+        prepared = prepare(recipe, video_path, out, options)
+        if prepared.units:
+            execute(recipe, prepared, prepared.units, options, stats)
     stats.wall = time.perf_counter() - t_start
     return stats
 
