@@ -308,27 +308,28 @@ class ShardWriter:
 
 # ---------------------------------------------------------------------------------------- store setup
 class StoreLock:
-    """An exclusive advisory lock on a store for the duration of a run (released if killed)."""
+    """An exclusive advisory lock on a store for the duration of a run.
+
+    `flock` on the store directory itself: no extra file in the zarr hierarchy, and the kernel
+    releases it if the process dies, so a killed run never blocks the next one.
+    """
 
     def __init__(self, path: Path):
-        self.path = path / ".vre-lock"
+        self.path = path
 
     def __enter__(self):
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as err:
-            raise StoreError(f"{self.path.parent}: cannot create the store ({err.strerror}); "
+            raise StoreError(f"{self.path}: cannot create the store ({err.strerror}); "
                              f"choose another location with -o") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            other = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(self.fd)
-            raise StoreError(f"{self.path.parent}: another vre run (pid {other}) is writing this store; "
-                             f"wait for it to finish or use another -o") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+            raise StoreError(f"{self.path}: another vre run is writing this store; wait for it to "
+                             f"finish or use another -o") from None
         return self
 
     def __exit__(self, *exc):
@@ -385,10 +386,10 @@ class Prepared:
     weights: dict[str, object]           # name -> ResolvedWeights (or None)
 
 
-def prepare(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOptions) -> Prepared:
+def prepare(recipe: Recipe, video: Video, out: str | Path, options: RunOptions) -> Prepared:
     """Everything before the first decoded frame; call with the store's lock held.
 
-    Checks the recipe against the store, records the metadata and frame index, plans the units,
+    `video` comes from `open_video` (reusing the store's frame index). Checks the recipe against the store, records the metadata and frame index, plans the units,
     resolves every needed weight (so a missing one fails before decoding) and creates the arrays.
     """
     for name in options.only:
@@ -398,7 +399,6 @@ def prepare(recipe: Recipe, video_path: str | Path, out: str | Path, options: Ru
     if options.on_error not in ON_ERROR:
         raise VreError(f"--on-error must be one of {', '.join(ON_ERROR)}")
     out = Path(out)
-    video = open_video(video_path, out)
     size = recipe.resolution or (video.height, video.width)
     store = VideoStore.open(out, mode="a")
     asked = set(options.only) if options.only else set(recipe.experts)
@@ -443,8 +443,9 @@ def run(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOpt
     options = options or RunOptions()
     t_start = time.perf_counter()
     stats = RunStats()
+    video = open_video(video_path, Path(out))  # a bad video fails before any store is created
     with StoreLock(Path(out)):
-        prepared = prepare(recipe, video_path, out, options)
+        prepared = prepare(recipe, video, out, options)
         if prepared.units:
             execute(recipe, prepared, prepared.units, options, stats)
     stats.wall = time.perf_counter() - t_start
