@@ -94,6 +94,7 @@ class VideoStore:
     def __init__(self, path: Path, group: zarr.Group):
         self.path = path
         self.group = group
+        self._writers: dict[str, zarr.Array] = {}
 
     # ----------------------------------------------------------------- open / create
     @classmethod
@@ -205,10 +206,7 @@ class VideoStore:
             arr = self.group.create_array(
                 spec.name, shape=shape, dtype=spec.dtype, chunks=(1, height, width, spec.channels),
                 shards=(sf, height, width, spec.channels), compressors=compressor(),
-                fill_value=spec.fill_value, dimension_names=("frame", "y", "x", "channel"),
-                # every computed chunk is data, even if it equals the fill value: skip zarr's
-                # per-chunk "is it empty?" comparison, which costs as much as compressing
-                config={"write_empty_chunks": True})
+                fill_value=spec.fill_value, dimension_names=("frame", "y", "x", "channel"))
         arr.attrs.put(json.loads(json.dumps(dict(spec.attrs))))
         for flags, length, chunk in (("_progress", self.n_shards, 1), ("_frames", n, sf)):
             key = f"{flags}/{spec.name}"
@@ -219,7 +217,11 @@ class VideoStore:
 
     def write_frames(self, name: str, indices: np.ndarray, data: np.ndarray) -> None:
         """Write data [K,H,W,C] at sorted frame `indices` [K] (all in one shard)."""
-        arr = self.group[name]
+        arr = self._writers.get(name)
+        if arr is None:
+            # every computed chunk is data, even one equal to the fill value: skip zarr's
+            # per-chunk "is it empty?" comparison, which costs about as much as compressing
+            arr = self._writers[name] = self.group[name].with_config({"write_empty_chunks": True})
         for pos, start, stop in contiguous_runs(indices):
             arr[start:stop] = data[pos:pos + stop - start]
 
