@@ -8,7 +8,8 @@ Layout (design contract):
       _progress/<name>          uint8 [n_shards]: 1 once that shard is fully computed and durable
       _frames/<name>            uint8 [T]: 1 once that frame is durable (frame-subset runs fill
                                 single frames; a shard's flag is set when all its frames are done)
-      _index/pts, _index/keyframe   the demuxed frame index of the video (int64, bool [T])
+      _index/pts, _index/keyframe   the demuxed frame index of the video (int64, bool [T]), plus
+                                    _index/counted, _index/truncated (bool [1], see video.FrameIndex)
 
 Durability order for a shard: data written (zarr writes each object to a temporary file and renames
 it), then its `_frames` entries, then its `_progress` flag. A killed run can only leave shards

@@ -1,0 +1,555 @@
+"""The frame reader: a video file or an image folder as exact 0-based frames, decoded in the background.
+
+Frame indices never come from container metadata (frame counts and durations are often wrong):
+`FrameIndex` is built by demuxing the packets of the video track once (no decoding) and kept in the
+store. Decoded frames are matched to indices by their timestamps, which stays right with B-frames and
+after seeks. Random access seeks to the keyframe before the wanted frame and decodes forward.
+
+A truncated or corrupt file keeps every frame that decodes; the index ends with the frame where the
+stream breaks, and reading that frame raises `DecodeError` naming it.
+"""
+from __future__ import annotations
+
+import abc
+import queue
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from video_pipeline.errors import DecodeError, VideoError, VreError
+from video_pipeline.imageops import resize
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+FOLDER_FPS = 1.0  # an image folder has no frame rate; one frame per second keeps times readable
+
+
+@dataclass(frozen=True, eq=False)
+class FrameIndex:
+    """Where every frame of a video is: frame i is the one with the i-th smallest timestamp.
+
+    pts: int64 [T] presentation timestamps, ascending (image folder: 0..T-1).
+    keyframe: bool [T], frames decoding may start from (image folder: all).
+    time_base: seconds per pts unit (image folder: 1 / fps).
+    counted: the stream has no usable timestamps (e.g. raw .h264): frame i is the i-th frame decoded
+      from the start, pts are 0..T-1 and only frame 0 is a place to start decoding.
+    truncated: the stream breaks off (truncated or corrupt) at the last frame, which cannot be read.
+    """
+
+    pts: np.ndarray
+    keyframe: np.ndarray
+    time_base: float
+    counted: bool = False
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays to store (`_index/<key>`); `from_arrays` reads them back."""
+        return {"pts": self.pts, "keyframe": self.keyframe,
+                "counted": np.array([self.counted]), "truncated": np.array([self.truncated])}
+
+    @classmethod
+    def from_arrays(cls, d: dict[str, np.ndarray], time_base: float) -> FrameIndex:
+        flag = lambda key: bool(np.asarray(d[key]).any()) if key in d else False  # noqa: E731
+        return cls(np.asarray(d["pts"], np.int64), np.asarray(d["keyframe"], bool), float(time_base),
+                   flag("counted"), flag("truncated"))
+
+    @classmethod
+    def regular(cls, n_frames: int, fps: float) -> FrameIndex:
+        """The index of an image folder: every frame is a keyframe, one pts unit per frame."""
+        return cls(np.arange(n_frames, dtype=np.int64), np.ones(n_frames, bool), 1.0 / fps)
+
+    @cached_property
+    def _keyframes(self) -> np.ndarray:
+        return np.flatnonzero(self.keyframe)
+
+    def keyframe_before(self, i: int) -> int:
+        """The last keyframe at or before frame i (0 when none is: decode from the start)."""
+        k = np.searchsorted(self._keyframes, i, side="right")
+        return int(self._keyframes[k - 1]) if k else 0
+
+    @cached_property
+    def position(self) -> dict[int, int]:
+        """pts -> frame index."""
+        return {int(p): i for i, p in enumerate(self.pts)}
+
+
+def demux_index(container: av.container.InputContainer, stream: av.VideoStream) -> FrameIndex:
+    """Build the frame index of `stream` by reading its packets (no decoding).
+
+    Flush and discarded packets carry no frame and are skipped. Where the file breaks off (a read
+    error, a packet the demuxer marks corrupt, or, in a constant-rate stream, B-frames missing at
+    the very end) the index keeps the frames before the break plus one entry for the broken frame.
+    """
+    packets = []  # (pts, keyframe, corrupt) in stored (decoding) order
+    failed = False
+    try:
+        for packet in container.demux(stream):
+            if packet.size and not packet.is_discard:
+                packets.append((packet.pts, packet.is_keyframe, packet.is_corrupt))
+    except av.FFmpegError:
+        failed = True  # unreadable from here on: keep what was read
+    timed = [q for q in packets if q[0] is not None]  # stray packets without a pts carry no frame
+    p = np.array([q[0] for q in timed], np.int64)
+    order = np.argsort(p, kind="stable")
+    sorted_pts = p[order]
+    if packets and (not timed or np.any(np.diff(sorted_pts) == 0)):
+        return _counted_index(np.array([q[2] for q in packets], bool), failed, stream)
+    n = len(timed)
+    corrupt = np.array([q[2] for q in timed], bool)
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    step = int(np.median(np.diff(sorted_pts))) if n > 1 else 1
+    breaks = [(n, int(sorted_pts[-1]) + step)] if failed and n else []
+    breaks += [(int(rank[j]), int(p[j])) for j in np.flatnonzero(corrupt)[:1]]
+    gap = _missing_at_end(sorted_pts, rank)
+    if gap is not None:
+        breaks.append((gap, int(sorted_pts[gap - 1]) + step))
+    keyframe = np.array([q[1] for q in timed], bool)[order]
+    if not breaks:
+        return FrameIndex(sorted_pts, keyframe, float(stream.time_base))
+    at, broken_pts = min(breaks)
+    return FrameIndex(np.append(sorted_pts[:at], broken_pts), np.append(keyframe[:at], False),
+                      float(stream.time_base), truncated=True)
+
+
+def _missing_at_end(sorted_pts: np.ndarray, rank: np.ndarray) -> int | None:
+    """Frame index of the first frame lost at the end of a cut constant-rate stream, or None.
+
+    With B-frames a reference frame is stored before the frames shown ahead of it; a file cut right
+    after it has lost those frames, leaving a gap of whole frame durations among the last few pts.
+    Without reordering, or with a variable frame rate, no gap can be told apart and none is reported.
+    """
+    n = len(sorted_pts)
+    ahead = int(np.max(rank - np.arange(n))) if n else 0  # how far decoding runs ahead of display
+    if ahead == 0:
+        return None
+    if n - 1 - ahead < 2:
+        return None
+    steps = np.diff(sorted_pts)
+    body, tail = steps[: n - 1 - ahead], steps[n - 1 - ahead:]
+    d = float(np.median(body))
+    if np.any(np.abs(body - d) > max(1.0, 0.02 * d)):
+        return None
+    wide = np.flatnonzero(tail > 1.5 * d)
+    return n - ahead + int(wide[0]) if len(wide) else None
+
+
+def _counted_index(corrupt: np.ndarray, failed: bool, stream: av.VideoStream) -> FrameIndex:
+    """Index of a stream without usable timestamps: frames are counted in decoding order, and
+    decoding always starts from the first frame. `corrupt`: bool [packets]."""
+    n = len(corrupt)
+    at = int(np.argmax(corrupt)) if corrupt.any() else (n if failed else None)
+    rate = stream.guessed_rate or stream.average_rate
+    total = n if at is None else at + 1
+    keyframe = np.arange(total) == 0
+    return FrameIndex(np.arange(total, dtype=np.int64), keyframe, 1.0 / float(rate) if rate else 1.0,
+                      counted=True, truncated=at is not None)
+
+
+@dataclass(frozen=True, eq=False)
+class FrameBatch:
+    """One group of frames.
+
+    frames: uint8 [N, H, W, 3] RGB at the requested size; indices: int64 [N] 0-based frame indices.
+    With `with_next`: next_frames uint8 [N, H, W, 3] holds frame i+1 for each frame i, or frame i-1
+    for the last readable frame of the video; next_sign float32 [N] is +1, or -1 where the previous
+    frame was used (0 for a one-frame video, whose "next" frame is itself).
+    """
+
+    frames: np.ndarray
+    indices: np.ndarray
+    next_frames: np.ndarray | None = None
+    next_sign: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Video:
+    """An opened video file or image folder. `files` lists a folder's images in frame order."""
+
+    path: Path
+    n_frames: int
+    fps: float
+    height: int
+    width: int
+    is_folder: bool
+    index: FrameIndex
+    files: tuple[Path, ...] = ()
+
+    @classmethod
+    def open(cls, path: str | Path, index: FrameIndex | None = None) -> Video:
+        """Open a video file or image folder; `index` (from a store) skips the demuxing pass.
+
+        Raises VideoError with one line for a missing, empty, unreadable or frameless input.
+        """
+        path = Path(path)
+        if path.is_dir():
+            return cls._open_folder(path, index)
+        if not path.exists():
+            raise VideoError(f"{path}: no such file or folder")
+        if path.stat().st_size == 0:
+            raise VideoError(f"{path}: the file is empty (0 bytes)")
+        try:
+            # the frame rate comes from our own index: skipping FFmpeg's probe for it halves start-up
+            container = av.open(str(path), options={"fpsprobesize": "0"})
+        except av.FFmpegError as err:
+            raise VideoError(f"{path}: not a video FFmpeg can read ({err.strerror or err})") from None
+        with container:
+            if not container.streams.video:
+                kinds = ", ".join(s.type for s in container.streams) or "none"
+                raise VideoError(f"{path}: has no video track (streams: {kinds}); is it a complete video?")
+            stream = container.streams.video[0]
+            codec = stream.codec_context
+            if codec is None or not codec.height or not codec.width:
+                raise VideoError(f"{path}: the video track cannot be decoded (damaged header, or a "
+                                 f"codec FFmpeg lacks); is the file complete?")
+            height, width = codec.height, codec.width
+            if index is None:
+                index = demux_index(container, stream)
+            fps = _frame_rate(index, stream)
+        if len(index) - index.truncated < 1:
+            what = "breaks off before its first frame" if index.truncated else "holds no video frames"
+            raise VideoError(f"{path}: {what}")
+        return cls(path, len(index), fps, height, width, False, index)
+
+    @classmethod
+    def _open_folder(cls, path: Path, index: FrameIndex | None) -> Video:
+        from PIL import Image  # reads only the image headers: checking sizes stays fast
+
+        files = tuple(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                             and not p.name.startswith(".") and p.is_file()))
+        if not files:
+            raise VideoError(f"{path}: a folder without images ({' '.join(IMAGE_SUFFIXES)})")
+        sizes = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    sizes.append(im.size)
+            except (OSError, ValueError) as err:
+                raise VideoError(f"{f}: unreadable image ({err})") from None
+        width, height = sizes[0]
+        for f, (w, h) in zip(files, sizes):
+            if (w, h) != (width, height):
+                raise VideoError(f"{f}: is {w}x{h} but {files[0].name} is {width}x{height}; every image "
+                                 f"of a folder must have the same size")
+        if index is None:
+            index = FrameIndex.regular(len(files), FOLDER_FPS)
+        elif len(index) != len(files):
+            raise VideoError(f"{path}: holds {len(files)} images, the stored index {len(index)}; "
+                             f"the folder changed: use another -o")
+        return cls(path, len(files), 1.0 / index.time_base, height, width, True, index, files)
+
+    def info(self) -> dict:
+        """The store's `video` attrs: {"path", "n_frames", "fps", "height", "width"}."""
+        return {"path": str(self.path), "n_frames": self.n_frames, "fps": self.fps,
+                "height": self.height, "width": self.width}
+
+    def batches(self, groups: Iterable[Sequence[int]], size: tuple[int, int] | None = None,
+                with_next: bool = False, queue_size: int = 2) -> Iterator[FrameBatch]:
+        """One FrameBatch per group of increasing frame indices, in order, decoded in a thread.
+
+        Frames are resized to `size` (H, W). Decoding runs ahead by at most `queue_size` batches.
+        When frame f cannot be decoded, the frames of its group before f are yielded (if any), then
+        DecodeError(frame=f) is raised. Closing the generator stops the decoding thread.
+        """
+        groups = [np.asarray(g, np.int64) for g in groups]
+        for g in groups:
+            if len(g) and (g[0] < 0 or g[-1] >= self.n_frames or np.any(np.diff(g) <= 0)):
+                raise ValueError(f"frame groups must be increasing indices in 0..{self.n_frames - 1}, "
+                                 f"got {g[0]}..{g[-1]}")
+        out: queue.Queue = queue.Queue(maxsize=max(queue_size, 1))
+        stop = threading.Event()
+        worker = threading.Thread(target=self._produce, args=(groups, size, with_next, out, stop),
+                                  name=f"vre-decode:{self.path.name}", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = out.get()
+                if item is _END:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join()
+
+    def read(self, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
+        """Frames at `indices` (any order, repeats allowed): uint8 [N, H, W, 3]."""
+        idx = np.asarray(indices, np.int64)
+        wanted = np.unique(idx)
+        h, w = size or (self.height, self.width)
+        if not len(wanted):
+            return np.empty((0, h, w, 3), np.uint8)
+        gen = self.batches([wanted], size=size)
+        try:
+            batch = next(gen)
+            if len(batch.indices) < len(wanted):
+                next(gen)  # raises the DecodeError that cut the batch short
+        finally:
+            gen.close()
+        return batch.frames[np.searchsorted(batch.indices, idx)]
+
+    def _produce(self, groups: list[np.ndarray], size, with_next: bool, out: queue.Queue,
+                 stop: threading.Event) -> None:
+        """The decoding thread: fills `out` with batches, then _END or the exception that ended it."""
+        reader = _FolderReader(self, size) if self.is_folder else _StreamReader(self, size)
+        readable = self.n_frames - self.index.truncated
+        try:
+            for group in groups:
+                batch, failure = _read_group(reader, group, with_next, readable, stop)
+                if stop.is_set():
+                    return
+                if batch is not None:
+                    _put(out, batch, stop)
+                if failure is not None:
+                    _put(out, failure, stop)
+                    return
+            _put(out, _END, stop)
+        except Exception as err:  # noqa: BLE001 - handed to the consumer, which raises it
+            _put(out, err, stop)
+        finally:
+            reader.close()
+
+
+_END = object()
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> None:
+    """Put `item`, giving up once the consumer has stopped (so the thread can end)."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.05)
+            return
+        except queue.Full:
+            continue
+
+
+def _partners(group: np.ndarray, readable: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each frame i: the frame after it (i+1), or before it (i-1) for the last readable frame;
+    int64 [N] and the sign float32 [N] (+1 / -1; 0 when the video has a single frame)."""
+    partner = group + 1
+    sign = np.ones(len(group), np.float32)
+    last = partner >= readable
+    partner[last], sign[last] = group[last] - 1, -1
+    alone = partner < 0
+    partner[alone], sign[alone] = group[alone], 0
+    return partner, sign
+
+
+def _read_group(reader: _Reader, group: np.ndarray, with_next: bool, readable: int,
+                stop: threading.Event) -> tuple[FrameBatch | None, DecodeError | None]:
+    """Decode one group (and the next-frame partners); on failure, the part before it."""
+    partner, sign = _partners(group, readable) if with_next else (group, None)
+    got: dict[int, np.ndarray] = {}
+    failure = None
+    try:
+        for t, img in reader.frames(np.union1d(group, partner), stop):
+            got[t] = img
+    except DecodeError as err:
+        failure = err
+    if failure is not None:
+        group = group[group < failure.frame]
+        if with_next:  # the frame before the failure now pairs with the one before it
+            partner, sign = _partners(group, min(readable, failure.frame))
+            try:
+                for t, img in reader.frames(np.setdiff1d(partner, list(got)), stop):
+                    got[t] = img
+            except DecodeError:
+                pass  # frames without their partner are left out below
+            keep = np.isin(partner, list(got))
+            group, partner, sign = group[keep], partner[keep], sign[keep]
+    if stop.is_set() or not len(group):
+        return None, failure
+    frames = np.stack([got[int(t)] for t in group])
+    if not with_next:
+        return FrameBatch(frames, group), failure
+    return FrameBatch(frames, group, np.stack([got[int(t)] for t in partner]), sign), failure
+
+
+class _Reader(abc.ABC):
+    """Frames by index for the decoding thread, resized; keeps the last two (groups share one)."""
+
+    def __init__(self, video: Video, size: tuple[int, int] | None):
+        self.video, self.size = video, tuple(size) if size else None
+        self.recent: dict[int, np.ndarray] = {}
+
+    def frames(self, wanted: np.ndarray, stop: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, uint8 [H, W, 3]) for each wanted index, in order; DecodeError at the first failure."""
+        for t in map(int, wanted):
+            if stop.is_set():
+                return
+            img = self.recent.get(t)
+            if img is None:
+                img = self.decode(t)
+                if self.size:
+                    img = resize(img[None], self.size, "image")[0]
+                self.recent[t] = img
+                if len(self.recent) > 2:
+                    del self.recent[next(iter(self.recent))]
+            yield t, img
+
+    @abc.abstractmethod
+    def decode(self, t: int) -> np.ndarray:
+        """Frame t at full size, uint8 [H, W, 3] RGB; DecodeError if it cannot be read."""
+
+    def error(self, t: int, reason: str) -> DecodeError:
+        return DecodeError(f"{self.video.path}: decoding failed at frame {t} ({reason})", frame=t)
+
+    def close(self) -> None:
+        """Release the file."""
+
+
+class _FolderReader(_Reader):
+    def decode(self, t: int) -> np.ndarray:
+        f = self.video.files[t]
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if img is None:
+            raise self.error(t, f"cannot read image {f.name}")
+        if img.shape[:2] != (self.video.height, self.video.width):
+            raise self.error(t, f"{f.name} is now {img.shape[1]}x{img.shape[0]}, the folder's images are "
+                                f"{self.video.width}x{self.video.height}")
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class _StreamReader(_Reader):
+    """Sequential PyAV decoding; seeks (to the keyframe before the wanted frame) only when that
+    skips frames or goes back."""
+
+    def __init__(self, video: Video, size):
+        super().__init__(video, size)
+        self.index = video.index
+        self.container = None
+        self.decoded: Iterator | None = None  # (frame index or None, av.VideoFrame) in display order
+        self.pos = -1  # index of the last frame taken from `decoded`
+        self.start = 0  # the keyframe `decoded` started from
+
+    def decode(self, t: int) -> np.ndarray:
+        if self.index.truncated and t == len(self.index) - 1:
+            raise self.error(t, "the file is truncated or corrupt here")
+        k = self.index.keyframe_before(t)
+        if self.decoded is None or t <= self.pos or k > self.pos + 1:
+            self.restart(k)
+        try:
+            frame = self.advance(t)
+            if frame is None and self.start > 0:  # the seek landed past t: decode from the start
+                self.restart(0)
+                frame = self.advance(t)
+        except av.FFmpegError as err:
+            self.decoded = None
+            raise self.error(t, err.strerror or str(err)) from None
+        if frame is None:
+            self.decoded = None
+            raise self.error(t, "the decoder gave no frame for it")
+        return frame.to_ndarray(format="rgb24")
+
+    def advance(self, t: int):
+        """Decode forward to frame t; None if the stream skips it or ends first."""
+        for i, frame in self.decoded:
+            self.pos = i
+            if i == t:
+                return frame
+            if i > t:
+                return None
+        return None
+
+    def restart(self, k: int) -> None:
+        """Make `decoded` start at keyframe k (reopening the file for k = 0)."""
+        if self.container is None or k == 0:
+            self.close()
+            try:
+                self.container = av.open(str(self.video.path))
+            except av.FFmpegError as err:
+                raise self.error(k, f"cannot reopen: {err.strerror or err}") from None
+            self.stream = self.container.streams.video[0]
+            self.stream.codec_context.thread_type = "AUTO"
+        if k > 0:
+            self.container.seek(int(self.index.pts[k]), stream=self.stream, backward=True, any_frame=False)
+            self.stream.codec_context.flush_buffers()
+        self.decoded, self.pos, self.start = self._decoded(), k - 1, k
+
+    def _decoded(self) -> Iterator:
+        """Frames in display order with their index; after a decoding error, the frames still
+        inside the decoder come out before the error is raised."""
+        position = self.index.position
+        counted = self.index.counted
+        n = 0
+        try:
+            for packet in self.container.demux(self.stream):
+                if packet.is_corrupt:  # the index ends there; fed to a frame-threaded decoder it
+                    continue          # would also swallow the frames still inside the decoder
+                for frame in packet.decode():
+                    yield (n if counted else position.get(frame.pts)), frame
+                    n += 1
+        except av.FFmpegError as err:
+            failure = err
+        else:
+            return
+        try:
+            for frame in self.stream.codec_context.decode(None):
+                yield (n if counted else position.get(frame.pts)), frame
+                n += 1
+        except av.FFmpegError:
+            pass
+        raise failure
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+            self.container = self.decoded = None
+
+
+def _frame_rate(index: FrameIndex, stream: av.VideoStream) -> float:
+    """Frames per second measured from the timestamps; the container's rate when it agrees (it
+    is exact, e.g. 30000/1001, where the measure is rounded)."""
+    rate = stream.guessed_rate or stream.average_rate
+    n = len(index) - index.truncated
+    if not index.counted and n >= 2:
+        span = float(index.pts[n - 1] - index.pts[0]) * index.time_base
+        if span > 0:
+            measured = (n - 1) / span
+            return float(rate) if rate and abs(float(rate) - measured) <= 0.01 * measured else measured
+    return float(rate) if rate else 1.0
+
+
+_RANGE = re.compile(r"^(\d*)\.\.(\d*)$")
+
+
+def parse_frames(spec: list[str] | None, stride: int, n_frames: int) -> np.ndarray:
+    """Frame selection of the CLI: sorted unique int64 indices.
+
+    `spec` tokens are ranges `A..B` (end-exclusive; `A..` runs to the end, `..B` from 0) or frame
+    numbers (`1 5 9`), combined; None or empty selects every frame. Then every `stride`-th frame of
+    the selection is kept. Raises VreError naming the offending value and the valid range.
+    """
+    if stride < 1:
+        raise VreError(f"--stride must be a positive integer, got {stride}")
+    valid = f"this video has frames 0..{n_frames - 1}"
+    picked = []
+    for token in spec or ["0.."]:
+        token = token.strip()
+        m = _RANGE.match(token)
+        if m:
+            a = int(m[1]) if m[1] else 0
+            b = int(m[2]) if m[2] else n_frames
+            if a >= n_frames or b > n_frames:
+                raise VreError(f"--frames {token}: out of range ({valid}; A..B stops before B)")
+            if a >= b:
+                raise VreError(f"--frames {token}: selects no frame (A..B stops before B)")
+            picked.append(np.arange(a, b, dtype=np.int64))
+        elif token.isdigit():
+            if int(token) >= n_frames:
+                raise VreError(f"--frames {token}: out of range ({valid})")
+            picked.append(np.array([int(token)], np.int64))
+        else:
+            raise VreError(f"--frames {token}: not a frame number or range; use A..B (end-exclusive), "
+                           f"A.., ..B or numbers like 1 5 9")
+    return np.unique(np.concatenate(picked))[::stride]
