@@ -189,6 +189,21 @@ def check_output(spec: ExpertSpec, out, n: int, size: tuple[int, int], frames: n
     return out.astype(spec.output.dtype, copy=False)
 
 
+def _as_slice(rows: np.ndarray) -> slice | np.ndarray:
+    """Consecutive row numbers as a slice (views instead of copies), else the array itself."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
+def _take(arr: np.ndarray, rows: slice | np.ndarray, sl: slice) -> np.ndarray:
+    """arr[rows][sl] without copying when `rows` is a slice."""
+    if isinstance(rows, slice):
+        start = rows.start + (sl.start or 0)
+        return arr[start:min(start + (sl.stop - sl.start), rows.stop)]
+    return arr[rows[sl]]
+
+
 class UnitExecutor:
     """Runs the experts of a recipe on decoded units, in dependency order, in memory."""
 
@@ -227,17 +242,17 @@ class UnitExecutor:
     def run_expert(self, spec: ExpertSpec, idx: np.ndarray, batch: FrameBatch,
                    available: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         expert = self.experts[spec.name]
-        pos = np.searchsorted(batch.indices, idx)
-        dep_rows = {d: np.searchsorted(available[d][0], idx) for d in spec.deps}
-        out = np.empty((len(idx), *self.size, spec.output.channels), dtype=spec.output.dtype)
+        pos = _as_slice(np.searchsorted(batch.indices, idx))
+        dep_rows = {d: _as_slice(np.searchsorted(available[d][0], idx)) for d in spec.deps}
+        parts = []
         t0 = time.perf_counter()
         for a in range(0, len(idx), spec.batch_size):
             sl = slice(a, a + spec.batch_size)
-            frames = batch.frames[pos[sl]]
-            deps = {d: available[d][1][rows[sl]] for d, rows in dep_rows.items()}
+            frames = _take(batch.frames, pos, sl)
+            deps = {d: _take(available[d][1], rows, sl) for d, rows in dep_rows.items()}
             if expert.needs_next_frame:
-                deps["next_frames"] = batch.next_frames[pos[sl]]
-                deps["next_sign"] = batch.next_sign[pos[sl]]
+                deps["next_frames"] = _take(batch.next_frames, pos, sl)
+                deps["next_sign"] = _take(batch.next_sign, pos, sl)
             if spec.resolution and spec.resolution != self.size:
                 frames = resize(frames, spec.resolution, "image")
                 deps = {d: resize(v, spec.resolution, self.recipe.experts[d].output.kind
@@ -250,7 +265,8 @@ class UnitExecutor:
             except Exception as err:
                 raise ExpertError(f"expert '{spec.name}' ({spec.type}) failed at frames "
                                   f"{idx[sl][0]}..{idx[sl][-1]}: {type(err).__name__}: {err}") from err
-            out[sl] = check_output(spec, res, len(frames), self.size, idx[sl])
+            parts.append(check_output(spec, res, len(frames), self.size, idx[sl]))
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         self.stats.expert_seconds[spec.name] = self.stats.expert_seconds.get(spec.name, 0.0) + time.perf_counter() - t0
         self.stats.expert_frames[spec.name] = self.stats.expert_frames.get(spec.name, 0) + len(idx)
         return out
