@@ -160,6 +160,8 @@ def load_experts(recipe: Recipe, names: list[str], weights: Mapping, device: str
         spec = recipe.experts[name]
         w = weights.get(name)
         expert = spec.build().bind(name, spec.deps, spec.weights, w.path if w else None, spec.dtype)
+        # experts may configure themselves from their dependencies' specs (as during validation)
+        expert.output({d: recipe.experts[d].output for d in spec.deps})
         dev = resolve_device(spec.device or device or recipe.device) if expert.uses_torch else "cpu"
         try:
             expert.setup(dev)
