@@ -1,0 +1,122 @@
+"""flow/farneback and flow/raft: pixel flow to the next frame, and the last-frame convention."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from experts.flow import RAFT, RAFT_WEIGHTS, Farneback
+from video_pipeline.errors import WeightsError
+from video_pipeline.registry import get_expert
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+PHOTO = SHARED / "data" / "uav_toledo" / "DJI_0066.jpg"
+
+
+def sliding_clip(step, n=3, size=(160, 224), origin=(300, 400)):
+    """A virtual flight: crops of a real drone photo, the window moving `step` = (dy, dx) px per frame.
+
+    Returns uint8 RGB [n, H, W, 3]; the scene content moves by -step, so the true flow (dx, dy) from
+    each frame to the next is (-step[1], -step[0]).
+    """
+    if not PHOTO.is_file():
+        pytest.skip(f"drone photo not found at {PHOTO}")
+    photo = cv2.cvtColor(cv2.imread(str(PHOTO)), cv2.COLOR_BGR2RGB)
+    (h, w), (y0, x0) = size, origin
+    return np.stack([photo[y0 + i * step[0]:y0 + i * step[0] + h, x0 + i * step[1]:x0 + i * step[1] + w]
+                     for i in range(n)])
+
+
+def runner_deps(frames):
+    """What the runner hands a needs_next_frame expert: the next frame, the previous for the last."""
+    n = len(frames)
+    following = [i + 1 if i + 1 < n else i - 1 for i in range(n)]
+    sign = np.array([1.0] * (n - 1) + [-1.0], dtype=np.float32)
+    return {"next_frames": frames[following], "next_sign": sign}
+
+
+def interior_median(flow, margin=24):
+    """Median (dx, dy) of [H,W,2] away from the borders (where content leaves the window)."""
+    return np.median(flow[margin:-margin, margin:-margin].astype(np.float32).reshape(-1, 2), axis=0)
+
+
+def test_registered_under_contract_names():
+    assert get_expert("flow/farneback") is Farneback and get_expert("flow/raft") is RAFT
+    assert Farneback.needs_next_frame and RAFT.needs_next_frame
+
+
+@pytest.mark.parametrize("step", [(0, 4), (3, -2)])
+def test_farneback_recovers_the_window_motion(step):
+    frames = sliding_clip(step)
+    expert = Farneback().bind("flow")
+    spec = expert.output({})
+    out = expert(frames, runner_deps(frames))
+
+    assert out.shape == (3, 160, 224, 2) and out.dtype == np.float16 == np.dtype(spec.dtype)
+    assert spec.kind == "flow"
+    truth = np.array([-step[1], -step[0]], dtype=np.float32)  # (dx, dy)
+    for i in range(3):  # frame 2 is last: flow to frame 1, negated, stands in for the forward flow
+        np.testing.assert_allclose(interior_median(out[i]), truth, atol=0.5, err_msg=f"frame {i}")
+
+
+def test_farneback_at_reduced_scale_reports_full_resolution_pixels():
+    frames = sliding_clip((0, 6))
+    out = Farneback(scale=0.5)(frames, runner_deps(frames))
+    assert out.shape == (3, 160, 224, 2)
+    for i in range(3):
+        np.testing.assert_allclose(interior_median(out[i]), [-6, 0], atol=0.5, err_msg=f"frame {i}")
+
+
+def test_farneback_last_frame_sign_is_applied():
+    frames = sliding_clip((0, 4), n=2)
+    same_pair = {"next_frames": frames[[1, 1]], "next_sign": np.array([1, -1], dtype=np.float32)}
+    out = Farneback()(frames[[0, 0]], same_pair)
+    np.testing.assert_array_equal(out[1], -out[0])
+
+
+@pytest.mark.parametrize("params", [dict(pyr_scale=1.0), dict(levels=0), dict(poly_n=6), dict(scale=0)])
+def test_farneback_rejects_bad_params(params):
+    with pytest.raises(ValueError):
+        Farneback(**params)
+
+
+@pytest.fixture(scope="module")
+def raft_small_weights(tmp_path_factory):
+    """A randomly initialised torchvision raft_small state dict saved as a plain file."""
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("raft") / "raft_small_random.pth"
+    torch.save(raft_small(weights=None).state_dict(), path)
+    return path
+
+
+def test_raft_runs_at_any_size_and_honours_the_last_frame_sign(raft_small_weights):
+    rng = np.random.default_rng(0)
+    frame_a, frame_b = rng.integers(0, 256, (2, 1, 44, 70, 3), dtype=np.uint8)  # not multiples of 8
+    frames = np.concatenate([frame_a, frame_a])
+    deps = {"next_frames": np.concatenate([frame_b, frame_b]),
+            "next_sign": np.array([1, -1], dtype=np.float32)}
+    expert = RAFT(model="small", num_flow_updates=2).bind("flow", weights_path=raft_small_weights)
+    spec = expert.output({})
+    expert.setup("cpu")
+    out = expert(frames, deps)
+    expert.teardown()
+
+    assert out.shape == (2, 44, 70, 2) and out.dtype == np.float16 == np.dtype(spec.dtype)
+    assert np.isfinite(out).all() and np.abs(out).max() > 0
+    np.testing.assert_allclose(out[1].astype(np.float32), -out[0].astype(np.float32), atol=1e-3)
+
+
+def test_raft_with_weights_of_the_other_variant_says_which_to_use(raft_small_weights):
+    expert = RAFT(model="large").bind("flow", weights_path=raft_small_weights)
+    with pytest.raises(WeightsError, match=f"not a torchvision raft_large.*{RAFT_WEIGHTS['large']}"):
+        expert.setup("cpu")
+
+
+def test_raft_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
+    junk = tmp_path / "raft.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="raft.pth"):
+        RAFT(model="small").bind("flow", weights_path=junk).setup("cpu")
