@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 from conftest import REPO, vre, write_recipe
-from video_pipeline.errors import DecodeError, ExpertError, StoreError
+from video_pipeline.errors import DecodeError, ExpertError, StoreError, VreError
 from video_pipeline.recipe import load_recipe
 from video_pipeline.runner import RunOptions, run
 from video_pipeline.video import Video
@@ -211,3 +211,17 @@ def test_cli_errors_are_one_line(tmp_path, clip):
     (tmp_path / "blocker").write_text("a file where a folder should be")  # unwritable, even as root
     r = vre("run", str(recipe), str(clip), "-o", str(tmp_path / "blocker" / "x.zarr"))
     assert r.returncode != 0 and "x.zarr" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_missing_weights_fail_before_decoding_but_do_not_block_other_experts(tmp_path, clip, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    recipe = load_recipe(recipe_file(tmp_path, "  rgb: {type: color/rgb}\n"
+                                               "  seg: {type: semantic/hf, weights: nobody/no-such-model}\n"
+                                               "  road: {type: map/binary, deps: [seg], params: {classes: [road]}}\n"))
+    out = tmp_path / "w.zarr"
+    with pytest.raises(VreError, match="expert 'seg'.*nobody/no-such-model"):
+        run(recipe, clip, out, RunOptions(progress=False))
+    assert "rgb" not in zarr.open_group(str(out), mode="r")  # nothing computed, nothing decoded
+    run(recipe, clip, out, RunOptions(progress=False, only=("rgb",)))
+    assert zarr.open_group(str(out), mode="r")["_progress/rgb"][:].all()

@@ -80,6 +80,8 @@ class Expert:
       default_weights: weights used when the recipe gives none (None: no weights needed).
       batch_size: default batch size (frames per call).
       uses_torch: whether the expert runs a torch model (device/dtype apply).
+      output_needs_weights: `output()` reads the resolved weights (e.g. class names from a model
+        config), so validation resolves them first (`weights_path` is bound before `output()`).
     """
 
     type_name: ClassVar[str] = ""
@@ -89,6 +91,7 @@ class Expert:
     default_weights: ClassVar[str | None] = None
     batch_size: ClassVar[int] = 8
     uses_torch: ClassVar[bool] = False
+    output_needs_weights: ClassVar[bool] = False
 
     # Bound by the runner (see `bind`).
     name: str = ""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from video_pipeline import registry
-from video_pipeline.errors import RecipeError
+from video_pipeline.errors import RecipeError, WeightsError
 from video_pipeline.expert import Expert, OutputSpec
 from video_pipeline.graph import CycleError, topological_order
 from video_pipeline.yamlio import LineDict, load_yaml
@@ -43,7 +43,10 @@ class ExpertSpec:
     dtype: str | None
     resolution: tuple[int, int] | None
     line: int
-    output: OutputSpec = field(compare=False)
+    output: OutputSpec | None = field(compare=False)
+    # why `output` is unknown (None): its weights could not be resolved at validation time. The
+    # error is raised only if a run needs this expert, so other experts of the recipe still run.
+    pending_error: str | None = field(default=None, compare=False)
 
     def identity(self) -> dict:
         """What defines the stored data (device and batch size do not)."""
@@ -215,6 +218,14 @@ def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: P
     if cls.n_deps is not None and len(deps) != cls.n_deps:
         fail(spec.line_of("deps") if "deps" in spec else line,
              f"experts.{name}: {type_name} needs exactly {cls.n_deps} dependenc{'y' if cls.n_deps == 1 else 'ies'}, got {len(deps)}")
+    def spec_with(output, pending=None):
+        return ExpertSpec(name=name, type=type_name, deps=deps, params=resolved_params, weights=weights,
+                          batch_size=int(batch_size), device=device, dtype=dtype, resolution=resolution,
+                          line=line, output=output, pending_error=pending)
+
+    pending = next((done[d].pending_error for d in deps if done[d].output is None), None)
+    if pending is not None:
+        return spec_with(None, pending)
     dep_specs = {d: done[d].output for d in deps}
     if cls.dep_kinds:
         for d, out in dep_specs.items():
@@ -223,14 +234,24 @@ def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: P
                                            f"{type_name} takes {' or '.join(cls.dep_kinds)}")
     try:
         expert = cls(**resolved_params)
+    except (ValueError, TypeError) as err:
+        fail(spec.line_of("params") if "params" in spec else line, f"experts.{name} ({type_name}): {err}")
+    weights_path = None
+    if cls.output_needs_weights and weights is not None:
+        from video_pipeline.weights import resolve
+
+        try:
+            weights_path = resolve(weights, expert=name, base_dir=path.parent).path
+        except WeightsError as err:
+            return spec_with(None, str(err))
+    expert.bind(name, deps, weights, weights_path, dtype)
+    try:
         output = expert.output(dep_specs)
     except (ValueError, TypeError) as err:
         fail(spec.line_of("params") if "params" in spec else line, f"experts.{name} ({type_name}): {err}")
     if not isinstance(output, OutputSpec):
         fail(line, f"experts.{name}: {type_name}.output() must return an OutputSpec")
-    return ExpertSpec(name=name, type=type_name, deps=deps, params=resolved_params, weights=weights,
-                      batch_size=int(batch_size), device=device, dtype=dtype, resolution=resolution,
-                      line=line, output=output)
+    return spec_with(output)
 
 
 def _resolution(value, line: int, key: str, fail):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from video_pipeline import __version__
-from video_pipeline.errors import DecodeError, ExpertError, StoreError, VreError
+from video_pipeline.errors import DecodeError, ExpertError, StoreError, VreError, WeightsError
 from video_pipeline.expert import Expert
 from video_pipeline.graph import closure, dependents
 from video_pipeline.imageops import resize
@@ -434,6 +434,9 @@ def prepare(recipe: Recipe, video: Video, out: str | Path, options: RunOptions) 
         store.save_index(video.index.to_arrays(), video.index.time_base)
     frames = options.frames if options.frames is not None else np.arange(video.n_frames)
     units = plan(recipe, store, frames, options.only, options.overwrite)
+    for name in closure(asked, recipe.deps):
+        if recipe.experts[name].output is None:  # weights that validation could not resolve
+            raise WeightsError(recipe.experts[name].pending_error)
     computing = [n for n in recipe.experts if any(n in u.compute for u in units)]
     weights = resolve_weights(recipe, computing)
     for name in computing:

@@ -1,0 +1,131 @@
+"""depth/hf with tiny randomly initialised Depth Anything and GLPN models, saved with save_pretrained
+and loaded back through weights.resolve, setup and __call__."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experts.depth import HFDepth, normalize_relative
+from video_pipeline import weights
+from video_pipeline.errors import WeightsError
+
+
+@pytest.fixture(scope="module")
+def depth_anything(tmp_path_factory) -> Path:
+    """Depth Anything (DINOv2 backbone + DPT head) of width 16 with its 56-pixel processor.
+
+    A wider weight init than the default keeps the random depth above float16's smallest values.
+    """
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("depth-anything")
+    backbone = tf.Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                               image_size=56, patch_size=14, out_features=["stage1", "stage2"],
+                               reshape_hidden_states=False, initializer_range=0.2)
+    config = tf.DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16],
+                                    reassemble_factors=[2, 1], fusion_hidden_size=8, head_hidden_size=4,
+                                    initializer_range=0.2)
+    tf.DepthAnythingForDepthEstimation(config).save_pretrained(path)
+    tf.DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True,
+                         ensure_multiple_of=14).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def glpn(tmp_path_factory) -> Path:
+    """GLPN (metric depth; its processor has no target size, only a size divisor)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("glpn")
+    config = tf.GLPNConfig(num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1],
+                           hidden_sizes=[8, 8, 16, 16], num_attention_heads=[1, 1, 1, 1],
+                           mlp_ratios=[2, 2, 2, 2], decoder_hidden_size=8, max_depth=10)
+    tf.GLPNForDepthEstimation(config).save_pretrained(path)
+    tf.GLPNImageProcessor().save_pretrained(path)
+    return path
+
+
+def frames(n: int = 3, h: int = 45, w: int = 80) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def setup_expert(path: Path, **params) -> HFDepth:
+    expert = HFDepth(**params)
+    expert.bind("depth", weights=str(path), weights_path=weights.resolve(str(path), expert="depth").path)
+    expert.setup("cpu")
+    return expert
+
+
+def hf_reference(path: Path, x: np.ndarray) -> np.ndarray:
+    """Depth [N, H, W] from transformers' own processor, model and post-processing."""
+    import torch
+    import transformers as tf
+
+    processor = tf.AutoImageProcessor.from_pretrained(path)
+    model = tf.AutoModelForDepthEstimation.from_pretrained(path).eval()
+    with torch.no_grad():
+        out = model(**processor(images=list(x), return_tensors="pt"))
+    post = processor.post_process_depth_estimation(out, target_sizes=[x.shape[1:3]] * len(x))
+    return np.stack([p["predicted_depth"].numpy() for p in post])
+
+
+@pytest.mark.parametrize("model", ["depth_anything", "glpn"])
+def test_raw_depth_is_the_models_own_prediction(model, request):
+    path = request.getfixturevalue(model)
+    x = frames()
+    expert = setup_expert(path, normalization="raw")
+    spec = expert.output({})
+    assert spec.kind == "depth" and spec.channels == 1 and spec.dtype == "float16" and spec.value_range is None
+    depth = expert(x, {})
+    assert depth.shape == (3, 45, 80, 1) and depth.dtype == np.float16
+    reference = hf_reference(path, x)
+    assert np.allclose(depth[..., 0].astype(np.float32), reference, rtol=2e-3, atol=1e-3 * np.abs(reference).max())
+
+
+def test_relative_depth_is_min_max_per_frame(depth_anything):
+    x = frames()
+    expert = setup_expert(depth_anything)
+    assert expert.output({}).value_range == (0.0, 1.0)
+    depth = expert(x, {}).astype(np.float32)
+    assert depth.shape == (3, 45, 80, 1)
+    assert np.allclose(depth.min(axis=(1, 2, 3)), 0.0) and np.allclose(depth.max(axis=(1, 2, 3)), 1.0)
+    raw = hf_reference(depth_anything, x)
+    expected = (raw - raw.min(axis=(1, 2), keepdims=True)) / np.ptp(raw, axis=(1, 2), keepdims=True)
+    assert np.abs(depth[..., 0] - expected).max() < 5e-3
+
+
+def test_size_sets_the_processing_resolution(depth_anything):
+    expert = setup_expert(depth_anything, size=28)
+    seen = []
+    expert.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["pixel_values"].shape),
+                                           with_kwargs=True)
+    out = expert(frames(2, 45, 80), {})
+    assert out.shape == (2, 45, 80, 1)
+    assert seen == [(2, 3, 28, 56)]  # shorter side 28, aspect kept, multiple of 14
+
+
+def test_size_needs_a_processor_with_a_size(glpn):
+    with pytest.raises(WeightsError, match="GLPNImageProcessor has no size setting"):
+        setup_expert(glpn, size=64)
+
+
+def test_constant_frames_normalize_to_zero():
+    import torch
+
+    depth = torch.stack([torch.full((4, 5), 3.0), torch.arange(20.0).reshape(4, 5)])
+    out = normalize_relative(depth)
+    assert torch.equal(out[0], torch.zeros(4, 5))
+    assert out[1].min() == 0 and out[1].max() == 1
+
+
+def test_bad_params_are_refused():
+    with pytest.raises(ValueError, match="normalization must be"):
+        HFDepth(normalization="metric")
+    with pytest.raises(ValueError, match="at least 14"):
+        HFDepth(size=8)
