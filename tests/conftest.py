@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests run tiny models on a 2-core CI machine: one intra-op thread each avoids torch's worker
+# threads spinning for a core (measured 3x slower suite). Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 RECIPES = REPO / "recipes"
