@@ -17,6 +17,20 @@ SHARED = REPO.parent / "shared"
 RECIPES = REPO / "recipes"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default=os.environ.get("VRE_TEST_DEVICE", "cpu"),
+                     help="device for learned experts in tests: cpu (default), cuda, cuda:N, mps")
+
+
+def pytest_configure(config):
+    os.environ["VRE_TEST_DEVICE"] = config.getoption("--device")
+
+
+def run_device() -> str:
+    """The device learned experts run on in tests (`pytest --device cuda`)."""
+    return os.environ.get("VRE_TEST_DEVICE", "cpu")
+
+
 def shared_path(*parts: str) -> Path:
     """A file under ../shared, or skip the test saying what is missing."""
     path = SHARED.joinpath(*parts)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import run_device
+
 from experts.depth import HFDepth, normalize_relative
 from video_pipeline import weights
 from video_pipeline.errors import WeightsError
@@ -58,7 +60,7 @@ def frames(n: int = 3, h: int = 45, w: int = 80) -> np.ndarray:
 def setup_expert(path: Path, **params) -> HFDepth:
     expert = HFDepth(**params)
     expert.bind("depth", weights=str(path), weights_path=weights.resolve(str(path), expert="depth").path)
-    expert.setup("cpu")
+    expert.setup(run_device())
     return expert
 
 

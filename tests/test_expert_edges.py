@@ -4,6 +4,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from conftest import run_device
 import torch
 import torch.nn.functional as F
 
@@ -122,7 +124,7 @@ def test_convert_rejects_a_foreign_state_dict():
 
 def test_pidinet_without_weights_says_what_to_give():
     with pytest.raises(WeightsError, match="needs weights"):
-        PiDiNet().bind("edges").setup("cpu")
+        PiDiNet().bind("edges").setup(run_device())
 
 
 # --- the released checkpoint on real drone imagery ---------------------------------------------
@@ -148,7 +150,7 @@ def test_pidinet_edges_follow_image_boundaries(drone_frames):
         pytest.skip(f"PiDiNet weights not found at {PIDINET_WEIGHTS}")
     expert = PiDiNet().bind("edges", weights_path=PIDINET_WEIGHTS)
     spec = expert.output({})
-    expert.setup("cpu")
+    expert.setup(run_device())
     out = expert(drone_frames, {})
     expert.teardown()
 

@@ -4,6 +4,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from conftest import run_device
 import torch
 
 from experts.flow import RAFT, RAFT_WEIGHTS, Farneback
@@ -100,7 +102,7 @@ def test_raft_runs_at_any_size_and_honours_the_last_frame_sign(raft_small_weight
             "next_sign": np.array([1, -1], dtype=np.float32)}
     expert = RAFT(model="small", num_flow_updates=2).bind("flow", weights_path=raft_small_weights)
     spec = expert.output({})
-    expert.setup("cpu")
+    expert.setup(run_device())
     out = expert(frames, deps)
     expert.teardown()
 
@@ -112,11 +114,11 @@ def test_raft_runs_at_any_size_and_honours_the_last_frame_sign(raft_small_weight
 def test_raft_with_weights_of_the_other_variant_says_which_to_use(raft_small_weights):
     expert = RAFT(model="large").bind("flow", weights_path=raft_small_weights)
     with pytest.raises(WeightsError, match=f"not a torchvision raft_large.*{RAFT_WEIGHTS['large']}"):
-        expert.setup("cpu")
+        expert.setup(run_device())
 
 
 def test_raft_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
     junk = tmp_path / "raft.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="raft.pth"):
-        RAFT(model="small").bind("flow", weights_path=junk).setup("cpu")
+        RAFT(model="small").bind("flow", weights_path=junk).setup(run_device())

@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import run_device
+
 from experts.semantic import (DRONESCAPES_CLASSES, DRONESCAPES_PALETTE, HFSemantic, PhgmaeDistil,
                               label_palette)
 from video_pipeline import weights
@@ -46,7 +48,7 @@ def toledo() -> np.ndarray:
 def distil_labels(toledo):
     shared(CHECKPOINT)
     expert = bound(PhgmaeDistil(size=[270, 480]), CHECKPOINT, base_dir=SHARED)  # relative, as in a recipe
-    expert.setup("cpu")
+    expert.setup(run_device())
     yield expert, expert(toledo, {})
     expert.teardown()
 
@@ -72,7 +74,7 @@ def test_distil_probabilities_agree_with_labels(distil_labels, toledo):
     expert, labels = distil_labels
     probs_expert = PhgmaeDistil(output="probabilities", size=[270, 480])
     probs_expert.bind("semantic", weights_path=expert.weights_path)
-    probs_expert.setup("cpu")
+    probs_expert.setup(run_device())
     probs = probs_expert(toledo[:2], {})
     spec = probs_expert.output({})
     assert spec.channels == 8 and spec.dtype == "float16" and spec.value_range == (0.0, 1.0)
@@ -84,7 +86,7 @@ def test_distil_probabilities_agree_with_labels(distil_labels, toledo):
 def test_distil_runs_at_the_checkpoint_training_size_by_default(distil_labels, toledo):
     expert, labels = distil_labels
     default = PhgmaeDistil().bind("semantic", weights_path=expert.weights_path)
-    default.setup("cpu")
+    default.setup(run_device())
     small = np.ascontiguousarray(toledo[:1, ::2, ::2])                  # 135x240, run at 540x960
     out = default(small, {})
     assert out.shape == (1, 135, 240, 1) and out.dtype == np.uint8
@@ -94,13 +96,13 @@ def test_distil_runs_at_the_checkpoint_training_size_by_default(distil_labels, t
 def test_distil_needs_a_phgmae_checkpoint(tmp_path):
     expert = PhgmaeDistil().bind("semantic")
     with pytest.raises(WeightsError, match="needs weights"):
-        expert.setup("cpu")
+        expert.setup(run_device())
     import torch
 
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     expert = bound(PhgmaeDistil(), str(tmp_path / "other.ckpt"))
     with pytest.raises(WeightsError, match="not a usable PHG-MAE checkpoint") as err:
-        expert.setup("cpu")
+        expert.setup(run_device())
     assert "\n" not in str(err.value)
 
 
@@ -177,7 +179,7 @@ def test_hf_class_maps_match_transformers_post_processing(model, request):
     spec = expert.output({})
     assert spec.classes == tuple(LABELS) and spec.palette == label_palette(5)
     assert spec.channels == 1 and spec.dtype == "uint8"
-    expert.setup("cpu")
+    expert.setup(run_device())
     labels = expert(x, {})
     assert labels.shape == (3, 64, 128, 1) and labels.dtype == np.uint8 and labels.max() < 5
     # transformers resizes Mask2Former scores through 384x384 first: allow a few border pixels.
@@ -191,12 +193,12 @@ def test_hf_probabilities_at_any_frame_size(model, request):
     expert = bound(HFSemantic(output="probabilities"), str(path))
     spec = expert.output({})
     assert spec.channels == 5 and spec.dtype == "float16" and spec.value_range == (0.0, 1.0)
-    expert.setup("cpu")
+    expert.setup(run_device())
     probs = expert(x, {})
     assert probs.shape == (2, 45, 80, 5) and probs.dtype == np.float16
     assert probs.min() >= 0 and np.allclose(probs.astype(np.float32).sum(-1), 1.0, atol=1e-2)
     labels_expert = bound(HFSemantic(), str(path))
-    labels_expert.setup("cpu")
+    labels_expert.setup(run_device())
     assert np.mean(probs.argmax(-1) == labels_expert(x, {})[..., 0]) > 0.99
 
 
@@ -208,7 +210,7 @@ def test_hf_needs_resolved_weights_with_class_names(tmp_path):
         bound(HFSemantic(), str(tmp_path)).output({})
     (tmp_path / "config.json").write_text('{"model_type": "oneformer", "id2label": {"0": "a"}}')
     with pytest.raises(WeightsError, match="model type 'oneformer'"):
-        bound(HFSemantic(), str(tmp_path)).setup("cpu")
+        bound(HFSemantic(), str(tmp_path)).setup(run_device())
 
 
 def test_label_palette_is_the_pascal_voc_colour_map():

@@ -24,6 +24,7 @@ resolution, expert set-up and output checks, and the store.
 from __future__ import annotations
 
 import json
+import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,12 @@ KIND_CHANNELS = {"normals": 3, "flow": 2}
 RTOL = 2.0 ** -9
 # Ranges implied by a kind when the spec declares none.
 KIND_RANGES = {"normals": (0.0, 1.0), "binary": (0, 1)}
+
+
+def test_device() -> str:
+    """Device the battery runs learned experts on: $VRE_TEST_DEVICE (`pytest --device cuda`), else cpu."""
+    return os.environ.get("VRE_TEST_DEVICE", "cpu")
+test_device.__test__ = False  # a helper, not a test
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ class ExpertCase:
         if self.weights is not None:
             tested["weights"] = self.weights
         experts[TESTED] = _absolute_weights(tested)
-        return {"shard_frames": E2E_SHARD, "device": "cpu", "experts": experts}
+        return {"shard_frames": E2E_SHARD, "device": test_device(), "experts": experts}
 
     def write_recipe(self, folder: Path) -> Recipe:
         """Write `recipe()` as `folder/recipe.yaml` and load it through the real recipe loader."""
@@ -156,7 +163,7 @@ def prepare(case: ExpertCase, folder: Path) -> Prepared:
     compute the dependencies on synthetic frames, in dependency order, checked as the runner checks."""
     recipe = case.write_recipe(folder)
     names = list(recipe.experts)
-    experts = load_experts(recipe, names, resolve_weights(recipe, names), "cpu")
+    experts = load_experts(recipe, names, resolve_weights(recipe, names), test_device())
     frames = synthetic_frames(case.frames_shape)
     n, h, w = case.frames_shape
     extra = next_frame_deps(frames)
@@ -333,7 +340,7 @@ class ExpertTests:
     def test_end_to_end_run(self, prepared: Prepared, tmp_path: Path):
         _, h, w = prepared.case.frames_shape
         clip = make_clip(tmp_path / "clip.mp4", n_frames=E2E_FRAMES, size=(h, w))
-        run(prepared.recipe, clip, tmp_path / "out.zarr", RunOptions(device="cpu", progress=False))
+        run(prepared.recipe, clip, tmp_path / "out.zarr", RunOptions(device=test_device(), progress=False))
         spec = prepared.spec.output
         group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
         arr = group[TESTED]
