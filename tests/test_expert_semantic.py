@@ -183,7 +183,9 @@ def test_hf_class_maps_match_transformers_post_processing(model, request):
     labels = expert(x, {})
     assert labels.shape == (3, 64, 128, 1) and labels.dtype == np.uint8 and labels.max() < 5
     # transformers resizes Mask2Former scores through 384x384 first: allow a few border pixels.
-    assert np.mean(labels[..., 0] == hf_reference(path, x)) > (0.999 if model == "segformer" else 0.95)
+    # the reference runs in float32; on CUDA the expert autocasts to float16, which flips near-ties
+    exact = 0.999 if run_device() == "cpu" else 0.99
+    assert np.mean(labels[..., 0] == hf_reference(path, x)) > (exact if model == "segformer" else 0.95)
 
 
 @pytest.mark.parametrize("model", ["segformer", "mask2former"])

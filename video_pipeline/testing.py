@@ -332,7 +332,10 @@ class ExpertTests:
 
     def test_frames_are_independent_of_batching(self, prepared: Prepared, batch_output: np.ndarray):
         singles = np.concatenate([prepared.call(slice(i, i + 1)) for i in range(len(prepared.frames))])
-        assert_same_output(singles, batch_output, prepared.case.atol, prepared.case.label_mismatch)
+        # GPU kernels (and float16 autocast) differ with the batch size: allow rounding-level changes
+        gpu = test_device() != "cpu"
+        assert_same_output(singles, batch_output, max(prepared.case.atol, 1e-2) if gpu else prepared.case.atol,
+                           max(prepared.case.label_mismatch, 1e-3) if gpu else prepared.case.label_mismatch)
 
     def test_deterministic(self, prepared: Prepared, batch_output: np.ndarray):
         assert_same_output(prepared.call(), batch_output, prepared.case.atol, prepared.case.label_mismatch)
