@@ -23,11 +23,24 @@ def expert_info(type_name_: str) -> dict:
                         "default": None if p.default is p.empty else p.default,
                         "required": p.default is p.empty}
     doc = (cls.__doc__ or "").strip().splitlines()
-    return {"type": type_name_, "summary": doc[0] if doc else "", "module": registry.origin(type_name_),
+    return {"output": default_output(cls), "type": type_name_, "summary": doc[0] if doc else "", "module": registry.origin(type_name_),
             "params": params, "deps": "any number" if cls.n_deps is None else cls.n_deps,
             "dep_kinds": list(cls.dep_kinds), "default_weights": cls.default_weights,
             "needs_next_frame": cls.needs_next_frame, "batch_size": cls.batch_size,
             "learned": cls.uses_torch}
+
+
+def default_output(cls) -> dict | str:
+    """The output spec with default parameters, or why it depends on the recipe."""
+    if cls.n_deps != 0:
+        return "follows its dependencies"
+    if cls.output_needs_weights:
+        return "follows its weights (e.g. the model's classes)"
+    if any(p.default is p.empty for p in cls.parameters().values()):
+        return "follows its parameters"
+    out = cls().output({})
+    return {"kind": out.kind, "channels": out.channels, "dtype": out.dtype,
+            "classes": list(out.classes), "value_range": out.value_range}
 
 
 def describe_experts(only: str | None = None, as_json: bool = False) -> str:
@@ -53,6 +66,13 @@ def describe_experts(only: str | None = None, as_json: bool = False) -> str:
         if info["needs_next_frame"]:
             extras.append("uses the next frame")
         lines.append("    " + "; ".join(extras))
+        out = info["output"]
+        if isinstance(out, dict):
+            rng = f" in {list(out['value_range'])}" if out["value_range"] else ""
+            cls_names = f", classes {', '.join(out['classes'])}" if out["classes"] else ""
+            lines.append(f"    writes: {out['kind']} {out['dtype']} x{out['channels']}{rng}{cls_names}")
+        else:
+            lines.append(f"    writes: {out}")
         for pname, p in info["params"].items():
             default = "required" if p["required"] else f"default {p['default']!r}"
             lines.append(f"    {pname}: {p['type']} ({default})")

@@ -1,0 +1,33 @@
+"""The `vre` command's small subcommands: experts, inspect, demo."""
+from __future__ import annotations
+
+import json
+
+from conftest import vre
+from video_pipeline import registry
+
+
+def test_experts_lists_every_registered_type_with_params_and_outputs():
+    r = vre("experts", "--json")
+    assert r.returncode == 0, r.stderr
+    infos = {i["type"]: i for i in json.loads(r.stdout)}
+    assert set(infos) == set(registry.list_experts())
+    assert infos["edges/canny"]["params"]["low"] == {"type": "int", "default": 100, "required": False}
+    assert infos["edges/canny"]["output"]["kind"] == "binary"
+    assert infos["map/binary"]["params"]["classes"]["required"] is True
+    text = vre("experts", "normals/svd").stdout
+    assert "window: int (default 11)" in text and "deps: 1 (depth)" in text
+    bad = vre("experts", "normals/sdv")
+    assert bad.returncode != 0 and "did you mean 'normals/svd'" in bad.stderr
+
+
+def test_demo_makes_a_clip_and_a_store_then_inspect_reads_it(tmp_path):
+    r = vre("demo", "-o", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    store = tmp_path / "demo.zarr"
+    assert str(store) in r.stdout and "48/48" in r.stdout
+    info = json.loads(vre("inspect", str(store), "--json").stdout)
+    assert set(info["modalities"]) == {"rgb", "hsv", "edges", "flow"}
+    assert all(m["frames_done"] == 48 for m in info["modalities"].values())
+    missing = vre("inspect", str(tmp_path / "nope.zarr"))
+    assert missing.returncode != 0 and "not a video-pipeline store" in missing.stderr
