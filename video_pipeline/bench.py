@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from video_pipeline.bench_gpu import GpuSampler, torch_uuid
 from video_pipeline.recipe import load_recipe
 from video_pipeline.runner import RunOptions, run
 from video_pipeline.store import VideoStore, dir_size, shard_groups
@@ -50,7 +51,8 @@ def bench(recipe_path, video_path, frames=None, device=None, workers: int = 1, k
         shutil.rmtree(out)
     try:
         t0 = time.perf_counter()
-        stats = run(recipe, video_path, out, RunOptions(frames=selected, device=device, progress=False))
+        with GpuSampler() as gpu_sampler:
+            stats = run(recipe, video_path, out, RunOptions(frames=selected, device=device, progress=False))
         wall = time.perf_counter() - t0
         report["end_to_end_fps"] = stats.frames / wall
         report["wall_s"] = wall
@@ -65,7 +67,7 @@ def bench(recipe_path, video_path, frames=None, device=None, workers: int = 1, k
         t0 = time.perf_counter()
         run(recipe, video_path, out, RunOptions(frames=selected, device=device, progress=False))
         report["rerun_nothing_to_do_s"] = time.perf_counter() - t0
-        report["gpu"] = gpu_report(stats)
+        report["gpu"] = gpu_report(stats, gpu_sampler)
     finally:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -73,8 +75,9 @@ def bench(recipe_path, video_path, frames=None, device=None, workers: int = 1, k
     return json.dumps(report, indent=1) if as_json else format_report(report)
 
 
-def gpu_report(stats) -> dict | None:
-    """The device the learned experts ran on, if CUDA was used (None otherwise)."""
+def gpu_report(stats, sampler: GpuSampler) -> dict | None:
+    """The device the learned experts ran on, if CUDA was used (None otherwise), and the share of
+    the run during which it ran kernels (`python -m video_pipeline.bench_gpu` measures more)."""
     import sys
 
     if "torch" not in sys.modules:
@@ -84,7 +87,8 @@ def gpu_report(stats) -> dict | None:
     if not torch.cuda.is_available():
         return None
     return {"device": torch.cuda.get_device_name(0),
-            "max_memory_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
+            "max_memory_allocated_mb": torch.cuda.max_memory_allocated() / 2**20,
+            "busy_share": sampler.share(torch_uuid("cuda:0"))}
 
 
 def format_report(r: dict) -> str:

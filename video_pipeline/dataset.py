@@ -70,7 +70,10 @@ def fingerprint(store: VideoStore, name: str) -> str:
         for f in sorted(files):
             if f == "zarr.json" and dirpath == str(root):
                 continue  # metadata: covered by shape/dtype/attrs above (and holds the cache itself)
-            st = os.stat(os.path.join(dirpath, f))
+            try:
+                st = os.stat(os.path.join(dirpath, f))
+            except FileNotFoundError:  # a writer's temporary file, renamed since the listing
+                continue
             rel = os.path.relpath(os.path.join(dirpath, f), root)
             digest.update(f"{rel}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()

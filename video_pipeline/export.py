@@ -31,7 +31,7 @@ import numpy as np
 
 from video_pipeline import __version__
 from video_pipeline.errors import RecipeError, StoreError, VreError
-from video_pipeline.recipe import sha256_of
+from video_pipeline.recipe import NAME_RE, RESERVED_NAMES, sha256_of
 from video_pipeline.store import ArraySpec, VideoStore, shard_groups
 from video_pipeline.yamlio import LineDict, load_yaml
 
@@ -41,6 +41,8 @@ VOLATILE_ATTRS = ("statistics", "skipped", "revision")  # array attrs that are n
 SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 RANGE_RE = re.compile(r"^(\d*)\.\.(\d*)$")
 FILE_RE = re.compile(r"^(?P<video>.+)_(?P<frame>\d+)\.(?P<ext>npz|npy)$")
+STORED_DTYPES = ("uint8", "float16", "float32")  # what an imported modality may be stored as
+MAX_CHANNELS = 4096
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry time: identical arrays give identical files
 # The 8 Dronescapes classes and their palette: what an imported class map without a description holds.
 DRONESCAPES_CLASSES = ["land", "forest", "residential", "road", "little-objects", "water", "sky", "hill"]
@@ -125,10 +127,38 @@ def write_if_changed(path: Path, data: bytes) -> bool:
             return False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk, a read-only folder: files written so far stay valid
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"{path}: cannot write ({err.strerror or err}); free space or choose another "
+                         f"-o, then rerun (files already written are kept)") from None
+    return True
+
+
+def remove_stale_partials(out_dir: Path) -> int:
+    """Delete the temporary files of `write_if_changed` whose writer no longer runs (a killed
+    export); those of a live process (another export into the same folder) are kept. Returns how
+    many were deleted."""
+    removed = 0
+    for tmp in out_dir.rglob("*.partial") if out_dir.is_dir() else ():
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
     return True
 
 
@@ -221,6 +251,7 @@ def export_dronescapes(stores: list[Path], out_dir: Path, splits: Path | None, n
         for positions in shard_groups(np.flatnonzero(selected), store.shard_frames).values():
             tasks.append((str(store.path), video, names, positions,
                           {s: np.flatnonzero(m[positions]) for s, m in masks.items() if m[positions].any()}))
+    remove_stale_partials(out_dir)
     results = Parallel(n_jobs=n_jobs)(delayed(_export_block)(out_dir, *task) for task in tasks)
     written = sum(r["written"] for r in results)
     unchanged = sum(r["unchanged"] for r in results)
@@ -339,6 +370,10 @@ def _scan(src: Path, skipped: list[dict]):
                                    f"{split_dir.name} may be one level too deep)")
                 else:
                     skipped.append({"path": str(mod_dir), "why": "not a modality folder"})
+                continue
+            if not NAME_RE.match(mod_dir.name) or mod_dir.name in RESERVED_NAMES:  # e.g. _progress, zarr.json
+                skipped.append({"path": str(mod_dir), "why": "not a modality name (an array name of the "
+                                                             "store: letters, digits, _ . - + ( ), no leading _)"})
                 continue
             for path in sorted(p for p in mod_dir.rglob("*") if not p.is_dir()):
                 m = FILE_RE.match(path.name)
@@ -468,12 +503,17 @@ def _plan_modality(name: str, frames: Mapping[int, list], descs: Mapping, skippe
             attrs = {k: v for k, v in descs[name][1].items() if k not in ("name", "file")}
         else:
             attrs = _infer_attrs(name, sample)
-        channels = int(attrs.get("channels") or (sample.shape[2] if sample.ndim == 3 else 1))
+        channels = attrs.get("channels") or (sample.shape[2] if sample.ndim == 3 else 1)
         if sample.ndim not in (2, 3):
             skipped.append({"path": str(path), "why": f"shape {list(sample.shape)} is not [H,W] or [H,W,C]; "
                             f"modality '{name}' skipped"})
             return None
         dtype = attrs.get("dtype") or ("uint8" if sample.dtype in (np.uint8, bool) else "float16")
+        if dtype not in STORED_DTYPES or type(channels) is not int or not 1 <= channels <= MAX_CHANNELS:
+            skipped.append({"path": str(descs[name][0] if name in descs else path),
+                            "why": f"dtype {dtype!r} with {channels!r} channels: a store holds "
+                                   f"{'/'.join(STORED_DTYPES)} of 1..{MAX_CHANNELS} channels; modality '{name}' skipped"})
+            return None
         return {"attrs": attrs, "shape": (sample.shape[0], sample.shape[1], channels), "dtype": dtype,
                 "frames": frames}
     return None

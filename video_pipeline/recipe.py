@@ -23,8 +23,8 @@ from video_pipeline.yamlio import LineDict, load_yaml
 
 TOP_KEYS = {"resolution", "shard_frames", "device", "plugins", "experts"}
 EXPERT_KEYS = {"type", "deps", "params", "weights", "batch_size", "device", "dtype", "resolution"}
-RESERVED_NAMES = {"next_frames", "next_sign", "frames"}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.()+\-]*$")
+RESERVED_NAMES = {"next_frames", "next_sign", "frames", "zarr.json"}  # zarr.json: the store's metadata file
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.()+\-]{0,127}\Z")  # a folder name in the store: 128 at most
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 MAX_SIDE = 16384
 
@@ -133,7 +133,7 @@ def parse_recipe(data: LineDict, path: Path) -> Recipe:
     for name, spec in experts.items():
         line = experts.line_of(name)
         if not isinstance(name, str) or not NAME_RE.match(name) or name in RESERVED_NAMES:
-            fail(line, f"invalid expert name {name!r} (letters, digits, _ . - + ( ); not "
+            fail(line, f"invalid expert name {name!r} (letters, digits, _ . - + ( ), at most 128; not "
                        f"{', '.join(sorted(RESERVED_NAMES))}; must not start with _)")
         if not isinstance(spec, LineDict):
             fail(line, f"expert '{name}' must be a mapping with at least 'type'")

@@ -188,7 +188,14 @@ def check_output(spec: ExpertSpec, out, n: int, size: tuple[int, int], frames: n
             raise ExpertError(f"{where}: returned NaN/Inf at frame {frames[int(np.argmax(bad))]}")
     if out.shape[1:3] != size:
         out = resize(out, size, spec.output.kind)
-    return out.astype(spec.output.dtype, copy=False)
+    with np.errstate(over="ignore"):  # checked just below, as one clear error instead of a warning
+        stored = out.astype(spec.output.dtype, copy=False)
+    if stored.dtype.kind == "f" and stored.dtype.itemsize < out.dtype.itemsize:  # float32 -> float16 overflows to Inf
+        bad = ~np.isfinite(stored.reshape(n, -1)).all(axis=1)
+        if bad.any():
+            raise ExpertError(f"{where}: returned values beyond the {stored.dtype} range "
+                              f"(±{float(np.finfo(stored.dtype).max):g}) at frame {frames[int(np.argmax(bad))]}")
+    return stored
 
 
 def _as_slice(rows: np.ndarray) -> slice | np.ndarray:

@@ -12,8 +12,11 @@ Layout (design contract):
                                     _index/counted, _index/truncated (bool [1], see video.FrameIndex)
 
 Durability order for a shard: data written (zarr writes each object to a temporary file and renames
-it), then its `_frames` entries, then its `_progress` flag. A killed run can only leave shards
-whose flag is 0: they are recomputed. Temporary `*.partial` files left by a kill are removed on open.
+it), then its `_progress` flag (if the shard is complete), then its `_frames` entries, which runs
+plan from. A killed run can only leave frames whose `_frames` entry is 0: they are recomputed, and
+rewriting them sets every flag again. (Flags in the other order would leave a shard whose frames
+are all done, so no run writes it again, and whose `_progress` flag stays 0.) Both flags are only
+ever set over written data. Temporary `*.partial` files left by a kill are removed on open.
 Every writer owns whole shards, and every flag array has one chunk per shard, so concurrent writers
 never touch the same object.
 """
@@ -25,6 +28,7 @@ import math
 import os
 import shutil
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +89,17 @@ def contiguous_runs(indices: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(a), int(indices[a]), int(indices[b - 1]) + 1) for a, b in zip(starts, stops)]
 
 
+@contextmanager
+def writing(path: Path, what: str):
+    """Turn an OSError while writing `what` (a full disk, a read-only or vanished folder) into a
+    StoreError naming the store; what was written before stays valid, so a rerun resumes."""
+    try:
+        yield
+    except OSError as err:
+        raise StoreError(f"{path}: cannot write {what} ({err.strerror or err}); free space or choose "
+                         f"another -o, then rerun to resume") from None
+
+
 class VideoStore:
     """A store of one video: created or opened with `VideoStore.open`.
 
@@ -136,7 +151,8 @@ class VideoStore:
 
     def set_meta(self, meta: dict) -> None:
         """Replace attrs["video_pipeline"] (one small atomic JSON write)."""
-        self.group.attrs[META_KEY] = json.loads(json.dumps(meta))
+        with writing(self.path, "the store metadata"):
+            self.group.attrs[META_KEY] = json.loads(json.dumps(meta))
 
     def init_meta(self, recipe: dict, recipe_sha256: str, video: dict, version: str,
                   shard_frames: int, resolution: tuple[int, int]) -> None:
@@ -177,15 +193,19 @@ class VideoStore:
     # ----------------------------------------------------------------- frame index
     def save_index(self, arrays: Mapping[str, np.ndarray], time_base: float) -> None:
         """Store the demuxed frame index (`_index/<key>` arrays) and the file facts it belongs to."""
-        for key, values in arrays.items():
-            self.group.create_array(f"_index/{key}", data=np.asarray(values), overwrite=True)
-        self.group.require_group("_index").attrs["time_base"] = float(time_base)
+        with writing(self.path, "the frame index"):
+            for key, values in arrays.items():
+                self.group.create_array(f"_index/{key}", data=np.asarray(values), overwrite=True)
+            self.group.require_group("_index").attrs["time_base"] = float(time_base)
 
     def load_index(self) -> tuple[dict[str, np.ndarray], float] | None:
-        """The stored frame index, or None."""
+        """The stored frame index, or None (also for one a killed run left half written: `save_index`
+        writes `time_base` last, after every array)."""
         if "_index" not in self.group:
             return None
         grp = self.group["_index"]
+        if "time_base" not in grp.attrs:
+            return None
         arrays = {k: grp[k][...] for k in grp.array_keys()}
         return arrays, float(grp.attrs.get("time_base", 0.0))
 
@@ -203,17 +223,18 @@ class VideoStore:
             if tuple(arr.shape) != shape or str(arr.dtype) != spec.dtype:
                 raise StoreError(f"{self.path}/{spec.name}: stored as {tuple(arr.shape)} {arr.dtype}, "
                                  f"the recipe now makes {shape} {spec.dtype}; use --overwrite or another -o")
-        else:
-            arr = self.group.create_array(
-                spec.name, shape=shape, dtype=spec.dtype, chunks=(1, height, width, spec.channels),
-                shards=(sf, height, width, spec.channels), compressors=compressor(),
-                fill_value=spec.fill_value, dimension_names=("frame", "y", "x", "channel"))
-        arr.attrs.put(json.loads(json.dumps(dict(spec.attrs))))
-        for flags, length, chunk in (("_progress", self.n_shards, 1), ("_frames", n, sf)):
-            key = f"{flags}/{spec.name}"
-            if key not in self.group:
-                self.group.create_array(key, shape=(length,), dtype="uint8", chunks=(chunk,),
-                                        fill_value=0, compressors=None)
+        with writing(self.path, f"modality '{spec.name}'"):
+            if spec.name not in self.group:
+                arr = self.group.create_array(
+                    spec.name, shape=shape, dtype=spec.dtype, chunks=(1, height, width, spec.channels),
+                    shards=(sf, height, width, spec.channels), compressors=compressor(),
+                    fill_value=spec.fill_value, dimension_names=("frame", "y", "x", "channel"))
+            arr.attrs.put(json.loads(json.dumps(dict(spec.attrs))))
+            for flags, length, chunk in (("_progress", self.n_shards, 1), ("_frames", n, sf)):
+                key = f"{flags}/{spec.name}"
+                if key not in self.group:
+                    self.group.create_array(key, shape=(length,), dtype="uint8", chunks=(chunk,),
+                                            fill_value=0, compressors=None)
         return arr
 
     def write_frames(self, name: str, indices: np.ndarray, data: np.ndarray) -> None:
@@ -233,9 +254,9 @@ class VideoStore:
         start, stop = shard_bounds(shard, self.shard_frames, self.n_frames)
         done = frames[start:stop]
         done[indices - start] = 1
-        frames[start:stop] = done
         if done.all():
             self.group[f"_progress/{name}"][shard] = 1
+        frames[start:stop] = done
 
     def clear(self, name: str, indices: np.ndarray | None = None) -> None:
         """Forget frames (all when `indices` is None) of `name` so they are recomputed (--overwrite)."""
@@ -295,10 +316,15 @@ class VideoStore:
 
 
 def dir_size(path: Path) -> int:
-    """Total bytes of the files under `path`."""
+    """Total bytes of the files under `path` (a store may be written meanwhile: a writer's temporary
+    file can be renamed away between listing and measuring it)."""
     total = 0
     for root, _, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except FileNotFoundError:
+                pass
     return total
 
 

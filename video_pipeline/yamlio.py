@@ -4,6 +4,8 @@ Shared by recipes (`recipe.py`) and training configs (`phgmae/config.py`).
 """
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 import yaml
@@ -70,10 +72,22 @@ def load_yaml(path: str | Path, what: str = "recipe") -> LineDict:
         line = mark.line + 1 if mark else 1
         problem = err.problem or err.context or "invalid YAML"
         raise RecipeError(f"{path}:{line}: invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as err:  # a control character: it has a position, not a mark
+        line = text[:err.position].count("\n") + 1
+        raise RecipeError(f"{path}:{line}: invalid YAML: control character #x{err.character:02x} is not "
+                          f"allowed; save the {what} as plain text") from None
     except yaml.YAMLError as err:
-        raise RecipeError(f"{path}:1: invalid YAML: {err}") from None
+        raise RecipeError(f"{path}:1: invalid YAML: {str(err).splitlines()[0]}") from None
     except RecursionError:
         raise RecipeError(f"{path}:1: invalid YAML: nested too deeply") from None
+    except ValueError as err:  # a value YAML reads but Python cannot make: a date 2024-13-45, an integer
+        # of more digits than Python converts (sys.get_int_max_str_digits)
+        digits = max(re.finditer(r"\d+", text), key=lambda m: len(m[0]), default=None)
+        if digits is None or len(digits[0]) <= sys.get_int_max_str_digits():
+            raise RecipeError(f"{path}:1: invalid YAML: {str(err).splitlines()[0]}") from None
+        line = text[:digits.start()].count("\n") + 1
+        raise RecipeError(f"{path}:{line}: invalid YAML: a number of {len(digits[0])} digits is too "
+                          f"long") from None
     if data is None:
         raise RecipeError(f"{path}:1: the {what} is empty")
     if not isinstance(data, LineDict):

@@ -1,0 +1,670 @@
+"""`vre ensemble CKPT STORE...`: inference-time ensembles of a PHG-MAE checkpoint over random
+hyperedges, written back into the stores as new modalities.
+
+For every frame the model runs K times, each pass seeing one hyperedge (a set of visible nodes).
+Pass 0 sees every available input (the full hyperedge), passes 1..K-1 subsets drawn with the
+checkpoint's own training masking policy. The predicted nodes, the checkpoint's outputs and every
+unavailable input (left out by `--available`, absent from a store, or not computed at that frame) are
+masked in every pass, so each pass is a hyperedge the model was trained to complete. One set of K
+masks serves every frame and store: the ensemble is a fixed function of its inputs, which is what
+temporal consistency asks for and what gives per-pass weights a meaning. The K passes of a batch of
+B frames run as one batch [K*B, C, H, W].
+
+Aggregation of the passes values [K, B, C, H, W] (class nodes: per-pass softmax probabilities;
+regression nodes: values in the node's raw units):
+  mean     average (class: of probabilities)
+  median   per-channel median over passes (class: renormalized to sum to 1)
+  vote     share of the passes whose top class is each class (class nodes only)
+  learned  weighted mean, one weight per pass (softmax of K logits), fit on validation frames
+           against the node's stored target (class: log-likelihood, regression: squared error)
+Uncertainty: entropy (nats) of the aggregated class distribution; for regression the (weighted)
+variance over passes, averaged over channels, in the node's units squared.
+
+Written per predicted node: `<name>` (class: float16 probabilities [T, H, W, K], kind semantic;
+regression: float16 [T, H, W, C] with the kind of the node's source modality) and
+`<name>_uncertainty` (float16 [T, H, W, 1], kind features). Their attrs carry the provenance
+(type phgmae/ensemble; weights: the checkpoint's path and sha256; params: node, k, seed,
+aggregation, available, the visible nodes of every pass, the pass weights, min_confidence) so they
+can be previewed, exported and trained on like any expert output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from video_pipeline.errors import StoreError, VreError
+from video_pipeline.expert import OutputSpec
+from video_pipeline.phgmae.engine import NodeLayout, dataset_statistics, forward_nodes, node_inputs
+from video_pipeline.phgmae.masking import MaskPolicy, sample_mask
+from video_pipeline.store import ArraySpec, VideoStore, shard_groups
+
+AGGREGATIONS = ("mean", "median", "vote", "learned")
+TYPE = "phgmae/ensemble"
+UNCERTAINTY_SUFFIX = "_uncertainty"
+FIT_STRIDE = 4          # learned weights: every 4th pixel of every 4th row of the validation frames
+DEFAULT_PROBABILITY = 0.5  # masking probability of checkpoints that do not record their policy
+
+
+# ---------------------------------------------------------------------------------------- checkpoint
+@dataclass(frozen=True)
+class Loaded:
+    """A checkpoint ready for inference: the model (eval mode, on its device), its node layout, the
+    training config it records ({} for checkpoints not made by `vre train`) and its file facts."""
+
+    model: torch.nn.Module
+    layout: NodeLayout
+    train: Mapping
+    path: Path
+    sha256: str
+    device: torch.device
+
+    @property
+    def masking(self) -> Mapping:
+        return self.train.get("masking") or {}
+
+    def provenance(self) -> dict:
+        return {"id": str(self.path), "sha256": self.sha256}
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
+    """Read a PHG-MAE checkpoint (raises VreError naming the file)."""
+    from video_pipeline.phgmae.model import model_from_checkpoint
+    from video_pipeline.weights import file_sha256, load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise VreError(f"checkpoint {path} does not exist")
+    ckpt = load_checkpoint(path)
+    try:
+        model, _ = model_from_checkpoint(ckpt)
+        layout = NodeLayout.from_checkpoint(ckpt)
+    except (ValueError, KeyError, TypeError) as err:
+        raise VreError(f"checkpoint {path}: {err}") from None
+    device = torch.device(device)
+    train = ckpt["hyper_parameters"]["cfg"].get("train") or {}
+    return Loaded(model.to(device).eval(), layout, train, path, file_sha256(path), device)
+
+
+def pick_device(name: str | None) -> torch.device:
+    from video_pipeline.phgmae.train import pick_device as pick
+
+    return pick(name or "auto")
+
+
+# ---------------------------------------------------------------------------------------- masks
+def ensemble_policy(layout: NodeLayout, hidden: Sequence[str], masking: Mapping) -> MaskPolicy:
+    """The training masking policy restricted to what an ensemble may show.
+
+    Masked in every pass: `hidden` (predicted nodes, unavailable inputs), the checkpoint's outputs
+    and its never_visible nodes. Visible in every pass: its always_visible nodes that are not hidden.
+    The other nodes are masked with the training probability (or count, capped so one node stays
+    visible); DEFAULT_PROBABILITY when the checkpoint does not record a policy.
+    Raises VreError when no node could be visible.
+    """
+    nodes = tuple(layout.names)
+    never_set = set(hidden) | set(layout.outputs) | set(masking.get("never_visible") or ())
+    never = tuple(n for n in nodes if n in never_set)
+    always = tuple(n for n in nodes if n in set(masking.get("always_visible") or ()) and n not in never_set)
+    free = [n for n in nodes if n not in never_set and n not in always]
+    if not always and not free:
+        raise VreError(f"no input node is available to the ensemble (nodes {list(nodes)}, masked in every "
+                       f"pass: {list(never)}); check --available and the store's modalities")
+    count, probability = masking.get("count"), masking.get("probability")
+    if count is not None:
+        most = len(free) if always else len(free) - 1
+        count, probability = (min(int(count[0]), most), min(int(count[1]), most)), None
+    elif isinstance(probability, Mapping):
+        probability = {n: float(probability.get(n, DEFAULT_PROBABILITY)) for n in free}
+    elif probability is None:
+        probability = DEFAULT_PROBABILITY
+    return MaskPolicy(nodes, probability=probability, count=count, always_visible=always, never_visible=never)
+
+
+def ensemble_masks(policy: MaskPolicy, k: int, seed: int) -> torch.Tensor:
+    """bool [k, M] over `policy.nodes` (True = masked): row 0 the full hyperedge (only the
+    never_visible nodes masked), rows 1..k-1 drawn by `sample_mask` from a generator seeded with
+    `seed`. Every row masks every never_visible node and leaves at least one node visible."""
+    if k < 1:
+        raise VreError(f"-k must be at least 1, got {k}")
+    full = torch.tensor([[n in policy.never_visible for n in policy.nodes]])
+    rest = sample_mask(k - 1, policy, torch.Generator().manual_seed(seed))
+    return torch.cat([full, rest])
+
+
+def visible_nodes(masks: torch.Tensor, layout: NodeLayout) -> list[list[str]]:
+    """The visible node names of each mask row (for provenance and logs)."""
+    return [[n for n, hidden in zip(layout.names, row) if not hidden] for row in masks.tolist()]
+
+
+# ---------------------------------------------------------------------------------------- passes
+def run_passes(model: torch.nn.Module, x: torch.Tensor, present: torch.Tensor, masks: torch.Tensor,
+               layout: NodeLayout, nodes: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Every mask on every frame in one forward: node -> raw output [K, B, C_n, H, W] (logits, or
+    normalized values). x float32 [B, C, H, W]; present bool [B, M] (absent nodes are masked too);
+    masks bool [K, M]."""
+    k, b = masks.shape[0], x.shape[0]
+    mask = (masks.to(x.device)[:, None, :] | ~present[None]).reshape(k * b, -1)            # [K*B, M]
+    xs = x.unsqueeze(0).expand(k, *x.shape).reshape(k * b, *x.shape[1:])                  # [K*B, C, H, W]
+    with torch.inference_mode():
+        out = forward_nodes(model, xs, mask, layout)
+    return {n: out[n].float().reshape(k, b, *out[n].shape[1:]) for n in nodes}
+
+
+def is_class(layout: NodeLayout, node: str) -> bool:
+    return layout.node(node).kind in ("class", "soft")
+
+
+def to_values(raw: torch.Tensor, layout: NodeLayout, node: str) -> torch.Tensor:
+    """Raw outputs [..., C, H, W] -> class probabilities (softmax over C) or the node's raw units
+    (the inverse of the dataset's normalization with the checkpoint's statistics)."""
+    if is_class(layout, node):
+        return raw.softmax(-3)
+    stats = (layout.statistics or {}).get(node)
+    if stats is None or layout.normalization == "none":
+        return raw
+    lo, hi, mean, std = (torch.tensor(s, dtype=raw.dtype, device=raw.device).view(-1, 1, 1) for s in stats)
+    shift, span = (lo, hi - lo) if layout.normalization == "min_max" else (mean, std)
+    return raw * torch.where(span > 0, span, torch.ones_like(span)) + shift
+
+
+# ---------------------------------------------------------------------------------------- aggregation
+def _middle(values: torch.Tensor) -> torch.Tensor:
+    """Median over dim 0 (the mean of the two middle values for an even count)."""
+    s = values.sort(0).values
+    k = values.shape[0]
+    return (s[(k - 1) // 2] + s[k // 2]) / 2
+
+
+def aggregate(values: torch.Tensor, classes: bool, how: str,
+              weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine K passes: values [K, B, C, H, W] -> (result [B, C, H, W], uncertainty [B, 1, H, W]).
+
+    classes: values are per-pass probabilities (sum 1 over C); the result is a distribution too and
+      the uncertainty its entropy in nats (0 .. log C).
+    otherwise: values are regression outputs; the uncertainty is the variance over passes (weighted
+      like the mean; about the mean), averaged over channels.
+    how: mean | median | vote (see the module docstring); weights float [K] (non-negative, summing to
+      1) turn the mean into a weighted mean; None: uniform.
+    """
+    k = values.shape[0]
+    w = (torch.full((k,), 1.0 / k, device=values.device) if weights is None
+         else weights.to(values.device, values.dtype)).view(k, 1, 1, 1, 1)
+    if weights is not None and how != "mean":
+        raise VreError(f"pass weights apply to the mean, not to the {how}")
+    if how == "mean":
+        result = (w * values).sum(0)
+    elif how == "median":
+        result = _middle(values)
+        if classes:
+            total = result.sum(1, keepdim=True)
+            result = torch.where(total > 0, result / total.clamp_min(1e-12),
+                                 torch.full_like(result, 1.0 / values.shape[2]))
+    elif how == "vote":
+        if not classes:
+            raise VreError("vote aggregation needs a class node; use mean or median for regression")
+        top = values.argmax(2)                                                        # [K, B, H, W]
+        result = F.one_hot(top, values.shape[2]).to(values.dtype).mean(0).permute(0, 3, 1, 2)
+    else:
+        raise VreError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {how!r}")
+    if classes:
+        uncertainty = -(result * result.clamp_min(1e-12).log()).sum(1, keepdim=True)
+    else:
+        uncertainty = (w * (values - result).square()).sum(0).mean(1, keepdim=True)
+    return result, uncertainty
+
+
+def learn_weights(values: torch.Tensor, target: torch.Tensor, classes: bool, steps: int = 500) -> torch.Tensor:
+    """Per-pass weights float [K] (non-negative, sum 1) that fit the weighted mean to the target.
+
+    values: class probabilities [K, P, C] or regression values [K, P, C] over P sample pixels;
+    target: class labels int64 [P] or values [P, C]. Both problems are convex on the simplex:
+    classes maximize the log-likelihood of the mixture sum_k w_k p_k(label) by EM (multiplicative
+    updates that never lower it); regression minimizes the squared error of sum_k w_k y_k by
+    projected gradient descent. Start: uniform weights; deterministic.
+    """
+    k = values.shape[0]
+    w = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    if classes:
+        q = values.gather(2, target.view(1, -1, 1).expand(k, -1, 1)).squeeze(2).double()  # [K, P]
+        for _ in range(steps):
+            w = w * (q / (w @ q).clamp_min(1e-12)).mean(1)
+            w = w / w.sum()
+        return w.float()
+    y = values.reshape(k, -1).double()                                                    # [K, P*C]
+    t = target.reshape(-1).double()
+    gram, corr = y @ y.T / len(t), y @ t / len(t)             # loss = w'Gw - 2c'w + const
+    step = 0.5 / float(torch.linalg.eigvalsh(gram).max().clamp_min(1e-12))
+    for _ in range(steps):
+        w = project_to_simplex(w - step * 2 * (gram @ w - corr))
+    return w.float()
+
+
+def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
+    """The closest point to v [K] with non-negative entries summing to 1 (sort-based projection)."""
+    u = v.sort(descending=True).values
+    cumulative = u.cumsum(0) - 1
+    ranks = torch.arange(1, len(v) + 1, dtype=v.dtype)
+    rho = int((u - cumulative / ranks > 0).nonzero().max())
+    return (v - cumulative[rho] / (rho + 1)).clamp_min(0)
+
+
+def confident(probabilities: torch.Tensor, min_confidence: float | None) -> torch.Tensor:
+    """Probabilities [B, K, H, W] with NaN wherever the top probability is below `min_confidence`
+    (pseudo-labels: a KL target ignores NaN pixels); unchanged when it is None."""
+    if min_confidence is None:
+        return probabilities
+    low = probabilities.amax(1, keepdim=True) < min_confidence
+    return probabilities.masked_fill(low, float("nan"))
+
+
+# ---------------------------------------------------------------------------------------- reading
+def select_positions(store: VideoStore, frames) -> np.ndarray:
+    """Sorted positions int64 [N] of a store's frames chosen by CLI tokens (["0..10", "12"]), a
+    config value ("A..B" or "A..", end-exclusive, or a list of frame numbers) or None (every frame).
+    Frame numbers are the store's own (its positions, except in imported sparse stores)."""
+    from video_pipeline.export import frame_numbers
+    from video_pipeline.phgmae.config import parse_frames as config_frames
+    from video_pipeline.video import parse_frames
+
+    numbers = frame_numbers(store)
+    if frames is None:
+        keep = np.ones(len(numbers), bool)
+    elif isinstance(frames, str):
+        r = config_frames(frames)
+        keep = (numbers >= r.start) & (numbers < r.stop)
+    elif all(isinstance(f, int) for f in frames):
+        keep = np.isin(numbers, np.asarray(frames, np.int64))
+    else:
+        keep = np.isin(numbers, parse_frames(list(frames), 1, int(numbers.max()) + 1))
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def frame_batches(loaded: Loaded, store_path: Path, read: Sequence[str], positions: np.ndarray,
+                  batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, dict]]:
+    """Batches of a store's frames at `positions`, at the model's size, as the model's input.
+
+    read: the nodes whose modalities are read (the others are absent: zero-filled and masked).
+    Yields (positions int64 [B], x float32 [B, C, H, W] on the device, present bool [B, M] on the
+    device, batch): `batch` maps every node's modality to its tensor as StoreDataset gives it
+    (regression nodes normalized with the checkpoint's statistics, NaN / 255 where absent), the
+    form `engine.node_targets` reads targets from, and "store" to the store name of each frame.
+    """
+    from video_pipeline.dataset import StoreDataset
+    from video_pipeline.export import frame_numbers
+
+    layout = loaded.layout
+    store = VideoStore.open(store_path)
+    numbers = frame_numbers(store)
+    modalities = [layout.node(n).modality for n in read]
+    normalization = {layout.node(n).modality: layout.normalization if layout.node(n).kind == "regression"
+                     else "none" for n in read}
+    statistics = dataset_statistics(layout, [n for n in read if layout.node(n).kind == "regression"])
+    dataset = StoreDataset(store_path, modalities=modalities, frames=[int(v) for v in numbers[positions]],
+                           resolution=layout.size, normalization=normalization, statistics=statistics,
+                           missing="fill_nan")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    position_of = {int(n): i for i, n in enumerate(numbers)}
+    for batch in loader:
+        b = len(batch["frame"])
+        h, w = dataset.size
+        full = {"present": torch.zeros(b, len(layout.nodes), dtype=torch.bool), "store": batch["store"]}
+        for m, node in enumerate(layout.nodes):
+            if node.name in read:
+                full[node.modality] = batch[node.modality]
+                full["present"][:, m] = batch["present"][:, modalities.index(node.modality)]
+            elif node.kind == "class":
+                full[node.modality] = torch.full((b, h, w), 255, dtype=torch.int64)
+            else:
+                full[node.modality] = torch.full((b, node.channels, h, w), float("nan"))
+        x, present = node_inputs(full, layout, loaded.device)
+        pos = np.array([position_of[int(f)] for f in batch["frame"]], np.int64)
+        yield pos, x, present, full
+
+
+def input_nodes(layout: NodeLayout) -> list[str]:
+    return [n for n in layout.names if n not in layout.outputs]
+
+
+def resolve_available(loaded: Loaded, stores: Sequence[VideoStore], targets: Sequence[str],
+                      available: Sequence[str] | None) -> list[str]:
+    """Input nodes an ensemble may show: those named by `available` (node or modality names; default
+    every input node), minus the predicted ones, whose modality is in every store."""
+    layout = loaded.layout
+    inputs = [n for n in input_nodes(layout) if n not in targets]
+    if available is not None:
+        by_modality = {layout.node(n).modality: n for n in layout.names}
+        unknown = [a for a in available if a not in layout.names and a not in by_modality]
+        if unknown:
+            raise VreError(f"--available {' '.join(unknown)}: not a node of {loaded.path} (its inputs: "
+                           f"{', '.join(inputs)})")
+        named = {a if a in layout.names else by_modality[a] for a in available}
+        inputs = [n for n in inputs if n in named]
+    return [n for n in inputs if all(layout.node(n).modality in s.names for s in stores)]
+
+
+# ---------------------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class Plan:
+    """What one `vre ensemble` computes: the same for every store it writes."""
+
+    nodes: tuple[str, ...]                  # predicted nodes
+    available: tuple[str, ...]              # input nodes that may be visible
+    masks: torch.Tensor                     # bool [K, M]
+    aggregation: str
+    seed: int
+    pass_weights: Mapping[str, torch.Tensor]  # node -> float [K] (learned aggregation only)
+    min_confidence: float | None = None
+
+    @property
+    def k(self) -> int:
+        return int(self.masks.shape[0])
+
+    def params(self, node: str, layout: NodeLayout) -> dict:
+        """The provenance params of node's written modalities."""
+        weights = self.pass_weights.get(node)
+        return {"node": node, "k": self.k, "seed": self.seed, "aggregation": self.aggregation,
+                "available": list(self.available), "masks": visible_nodes(self.masks, layout),
+                "pass_weights": [round(float(v), 6) for v in weights] if weights is not None else None,
+                "min_confidence": self.min_confidence}
+
+
+def make_plan(loaded: Loaded, stores: Sequence[VideoStore], nodes: Sequence[str] | None, k: int,
+              aggregation: str, seed: int, available: Sequence[str] | None = None,
+              min_confidence: float | None = None) -> Plan:
+    """Targets, available inputs and masks (pass weights are fit by `fit_plan` for `learned`)."""
+    layout = loaded.layout
+    if aggregation not in AGGREGATIONS:
+        raise VreError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+    nodes = list(nodes or layout.outputs)
+    if not nodes:
+        raise VreError(f"{loaded.path}: the checkpoint has no output node; name the node to predict "
+                       f"with --node (one of {', '.join(layout.names)})")
+    for n in nodes:
+        if n not in layout.names:
+            raise VreError(f"--node {n}: not a node of {loaded.path} (nodes: {', '.join(layout.names)})")
+        if aggregation == "vote" and not is_class(layout, n):
+            raise VreError(f"--aggregation vote needs a class node; '{n}' is a regression node")
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise VreError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+    avail = resolve_available(loaded, stores, nodes, available)
+    hidden = [n for n in layout.names if n not in avail]
+    masks = ensemble_masks(ensemble_policy(layout, hidden, loaded.masking), k, seed)
+    return Plan(tuple(nodes), tuple(avail), masks, aggregation, seed, {}, min_confidence)
+
+
+def fit_plan(plan: Plan, loaded: Loaded, store_paths: Sequence[Path], frames=None, batch_size: int = 4) -> Plan:
+    """The plan with per-pass weights learned on `frames` (default: the checkpoint's validation
+    frames) of the stores that hold each node's target modality (see `learn_weights`)."""
+    if plan.aggregation != "learned":
+        return plan
+    if frames is None:
+        frames = ((loaded.train.get("data") or {}).get("validation") or {}).get("frames")
+    layout = loaded.layout
+    weights = {}
+    for node in plan.nodes:
+        modality = layout.node(node).modality
+        values, targets = [], []
+        for path in store_paths:
+            store = VideoStore.open(path)
+            if modality not in store.names:
+                continue
+            positions = select_positions(store, frames)
+            positions = positions[store.done_frames(modality)[positions]]
+            batches = frame_batches(loaded, path, plan.available, positions, batch_size) if len(positions) else ()
+            for pos, x, present, _ in batches:
+                raw = run_passes(loaded.model, x, present, plan.masks, layout, [node])[node]
+                v = to_values(raw, layout, node)                                        # [K, B, C, h, w]
+                target = torch.from_numpy(store.read(modality, pos).astype(np.float32))  # [B, H, W, c]
+                v = _resize(v.flatten(0, 1), target.shape[1:3]).unflatten(0, v.shape[:2])
+                v = v[..., ::FIT_STRIDE, ::FIT_STRIDE].permute(0, 1, 3, 4, 2).flatten(1, 3)  # [K, P, C]
+                t = target[:, ::FIT_STRIDE, ::FIT_STRIDE].flatten(0, 2)                     # [P, c]
+                if is_class(layout, node):
+                    labels = t[:, 0] if t.shape[1] == 1 else torch.where(
+                        torch.isfinite(t).all(1) & (t.nan_to_num(0).sum(1) > 0), t.nan_to_num(0).argmax(1), 255)
+                    keep = labels < v.shape[2]
+                    values.append(v[:, keep].cpu())
+                    targets.append(labels[keep].long())
+                else:
+                    keep = torch.isfinite(t).all(1)
+                    values.append(v[:, keep].cpu())
+                    targets.append(t[keep])
+        if not targets or sum(len(t) for t in targets) == 0:
+            raise VreError(f"--aggregation learned: no validation frame with the target '{modality}' of "
+                           f"node '{node}' in {', '.join(map(str, store_paths))} (frames {frames}); "
+                           f"compute it, or use mean")
+        weights[node] = learn_weights(torch.cat(values, 1), torch.cat(targets), is_class(layout, node))
+    return Plan(plan.nodes, plan.available, plan.masks, plan.aggregation, plan.seed, weights, plan.min_confidence)
+
+
+def predict(plan: Plan, loaded: Loaded, x: torch.Tensor, present: torch.Tensor,
+            size: tuple[int, int] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """node -> (aggregated [B, C, H, W], uncertainty [B, 1, H, W]) for a batch, resized to `size`."""
+    layout = loaded.layout
+    raw = run_passes(loaded.model, x, present, plan.masks, layout, plan.nodes)
+    out = {}
+    for node in plan.nodes:
+        classes = is_class(layout, node)
+        how = "mean" if plan.aggregation == "learned" else plan.aggregation
+        result, unc = aggregate(to_values(raw[node], layout, node), classes, how, plan.pass_weights.get(node))
+        if size is not None and tuple(result.shape[-2:]) != tuple(size):
+            result, unc = _resize(result, size), _resize(unc, size)
+        if classes:
+            result = confident(result, plan.min_confidence)
+        out[node] = (result, unc)
+    return out
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------- writing
+def output_specs(plan: Plan, loaded: Loaded, node: str, store: VideoStore, name: str) -> tuple[ArraySpec, ArraySpec]:
+    """The ArraySpecs (with provenance attrs) of a node's ensemble and its uncertainty."""
+    layout = loaded.layout
+    n = layout.node(node)
+    deps = [layout.node(a).modality for a in plan.available]
+    if is_class(layout, node):
+        if not n.classes:
+            raise VreError(f"{loaded.path}: node '{node}' has no class names in the checkpoint")
+        palette = n.palette if len(n.palette) == len(n.classes) else ()
+        out = OutputSpec(len(n.classes), "semantic", "float16", n.classes, palette, (0.0, 1.0))
+        unc = OutputSpec(1, "features", "float16", value_range=(0.0, math.log(len(n.classes))))
+    else:
+        kind = "features"
+        if n.modality in store.names:
+            kind = dict(store.array(n.modality).attrs).get("kind", "features")
+        out = OutputSpec(n.channels, kind if kind in ("depth", "normals", "flow", "image") else "features", "float16")
+        unc = OutputSpec(1, "features", "float16")
+    params = plan.params(node, layout)
+    common = {"type": TYPE, "params": params, "deps": deps, "weights": loaded.provenance()}
+    return (ArraySpec(name, out.channels, out.dtype, {**common, **out.to_attrs()}),
+            ArraySpec(name + UNCERTAINTY_SUFFIX, unc.channels, unc.dtype,
+                      {**common, **unc.to_attrs(), "uncertainty_of": name,
+                       "measure": "entropy" if is_class(layout, node) else "variance"}))
+
+
+def _prepare_array(store: VideoStore, spec: ArraySpec, size: tuple[int, int], overwrite: bool) -> None:
+    """Create the array, or check that an existing one was written with the same provenance.
+
+    An existing array written with other params or another checkpoint is refused, unless
+    `overwrite`: then it is removed and written afresh."""
+    if spec.name in store.names:
+        attrs = dict(store.array(spec.name).attrs)
+        same = (attrs.get("type") == TYPE and attrs.get("params") == json.loads(json.dumps(spec.attrs["params"]))
+                and attrs.get("weights") == spec.attrs["weights"]
+                and tuple(store.array(spec.name).shape[1:]) == (*size, spec.channels))
+        if not same and not overwrite:
+            raise StoreError(f"{store.path}/{spec.name}: exists and was not written by this ensemble (other "
+                             f"checkpoint, params or shape); use --overwrite, or another --name")
+        if not same:
+            for key in (spec.name, f"_progress/{spec.name}", f"_frames/{spec.name}"):
+                if key in store.group:
+                    del store.group[key]
+    store.ensure_array(spec, *size)
+
+
+class ShardWriter:
+    """Collects per-frame outputs and writes each shard (data, then done flags) once every asked
+    frame of that shard is in, so no shard is ever written twice or marked done early."""
+
+    def __init__(self, store: VideoStore, names: Sequence[str], positions: np.ndarray):
+        self.store, self.names = store, list(names)
+        self.expected = {s: len(p) for s, p in shard_groups(np.asarray(positions), store.shard_frames).items()}
+        self.pending: dict[int, dict[int, dict[str, np.ndarray]]] = {}
+
+    def add(self, position: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """arrays: name -> [H, W, C] of the frame at `position`."""
+        shard = position // self.store.shard_frames
+        self.pending.setdefault(shard, {})[position] = dict(arrays)
+        if len(self.pending[shard]) == self.expected[shard]:
+            items = self.pending.pop(shard)
+            idx = np.array(sorted(items), np.int64)
+            for name in self.names:
+                self.store.write_frames(name, idx, np.stack([items[p][name] for p in idx]))
+            for name in self.names:
+                self.store.mark_done(name, idx)
+
+
+def ensemble_store(plan: Plan, loaded: Loaded, store_path: str | Path, names: Mapping[str, str],
+                   frames=None, batch_size: int = 4, overwrite: bool = False) -> dict:
+    """Compute the plan on one store and write it (resumable: frames already done with the same
+    provenance are skipped unless `overwrite`). names: node -> written modality name.
+    Returns {store, frames, seconds, frames_per_s, written: [names]}."""
+    store = VideoStore.open(store_path, "r+")
+    size = tuple(store.meta.get("resolution") or store.array(store.names[0]).shape[1:3])
+    specs = [spec for node in plan.nodes for spec in output_specs(plan, loaded, node, store, names[node])]
+    for spec in specs:
+        _prepare_array(store, spec, size, overwrite)
+    positions = select_positions(store, frames)
+    if overwrite:
+        for spec in specs:
+            store.clear(spec.name, positions)
+    done = np.logical_and.reduce([store.done_frames(s.name)[positions] for s in specs])
+    todo = positions[~done]
+    writer = ShardWriter(store, [s.name for s in specs], todo)
+    t0 = time.perf_counter()
+    batches = frame_batches(loaded, store.path, plan.available, todo, batch_size) if len(todo) else ()
+    for pos, x, present, _ in batches:
+        results = predict(plan, loaded, x, present, size)
+        arrays = {}
+        for node, (result, unc) in results.items():
+            arrays[names[node]] = result.permute(0, 2, 3, 1).half().cpu().numpy()
+            arrays[names[node] + UNCERTAINTY_SUFFIX] = unc.permute(0, 2, 3, 1).half().cpu().numpy()
+        for i, p in enumerate(pos):
+            writer.add(int(p), {name: a[i] for name, a in arrays.items()})
+    seconds = time.perf_counter() - t0
+    return {"store": str(store.path), "frames": int(len(todo)), "skipped": int(done.sum()),
+            "seconds": round(seconds, 3), "frames_per_s": round(len(todo) / seconds, 3) if len(todo) else None,
+            "written": [s.name for s in specs]}
+
+
+def output_names(plan: Plan, name: str | None) -> dict[str, str]:
+    if name is not None and len(plan.nodes) > 1:
+        raise VreError(f"--name names one modality but the ensemble predicts {len(plan.nodes)} nodes "
+                       f"({', '.join(plan.nodes)}); pick one with --node")
+    return {n: name or f"ensemble_{n}" for n in plan.nodes}
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def main(args) -> int:
+    """`vre ensemble CKPT STORE... [-k K] [--aggregation A] [--available NODE...] [--node NODE...]
+    [--name NAME] [--min-confidence C] [--fit-frames ...] [--seed S] [--frames ...] [--batch-size B]
+    [--device D] [--overwrite]`."""
+    device = pick_device(args.device)
+    loaded = load(args.checkpoint, device)
+    paths = [Path(s) for s in args.store]
+    stores = [VideoStore.open(p) for p in paths]
+    plan = make_plan(loaded, stores, getattr(args, "node", None), args.k, args.aggregation, args.seed,
+                     args.available, getattr(args, "min_confidence", None))
+    if args.batch_size < 1:
+        raise VreError(f"--batch-size must be at least 1, got {args.batch_size}")
+    names = output_names(plan, args.name)
+    plan = fit_plan(plan, loaded, paths, getattr(args, "fit_frames", None), args.batch_size)
+    print(f"{loaded.path.name}: K={plan.k} passes ({plan.aggregation}) on {device}; available inputs: "
+          f"{', '.join(plan.available) or 'none'}")
+    for i, visible in enumerate(visible_nodes(plan.masks, loaded.layout)):
+        weight = "".join(f"  weight[{n}] {float(w[i]):.3f}" for n, w in plan.pass_weights.items())
+        print(f"  pass {i}: sees {', '.join(visible)}{weight}")
+    for path in paths:
+        s = ensemble_store(plan, loaded, path, names, args.frames, args.batch_size, args.overwrite)
+        rate = f" ({s['frames_per_s']:.2f} frames/s)" if s["frames_per_s"] else ""
+        print(f"{s['store']}: {', '.join(s['written'])}: {s['frames']} frames in {s['seconds']:.1f} s{rate}"
+              + (f", {s['skipped']} already done" if s["skipped"] else ""))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- benchmark
+def bench_checkpoint(path: Path, size: tuple[int, int], num_filters: int = 10) -> Path:
+    """A randomly initialised SafeUAV checkpoint over the benchmark store's nodes (rgb, depth,
+    normals in; semantic_output, 8 classes, out), described the way `vre train` describes them."""
+    from experts.semantic import DRONESCAPES_CLASSES, DRONESCAPES_PALETTE
+    from video_pipeline.phgmae.engine import Node
+    from video_pipeline.phgmae.model import build_model, to_checkpoint
+
+    nodes = (Node("rgb", "regression", 3, "rgb"), Node("depth", "regression", 1, "depth"),
+             Node("normals", "regression", 3, "normals"),
+             Node("semantic_output", "class", 8, "semantic", DRONESCAPES_CLASSES, DRONESCAPES_PALETTE))
+    stats = {"rgb": [[0.0] * 3, [255.0] * 3, [120.0] * 3, [60.0] * 3], "depth": [[0.0], [1.0], [0.5], [0.25]],
+             "normals": [[-1.0] * 3, [1.0] * 3, [0.0] * 3, [0.5] * 3],
+             "semantic_output": [[0.0] * 8, [1.0] * 8, [0.0] * 8, [1.0] * 8]}
+    layout = NodeLayout(nodes, ("semantic_output",), stats, "standardization", tuple(size))
+    model_cfg = {"type": "safeuav", "parameters": {"in_channels": 15, "out_channels": 15, "num_filters": num_filters}}
+    torch.manual_seed(0)
+    cfg = layout.cfg(model_cfg, {"masking": {"probability": 0.5, "always_visible": ["rgb"]}})
+    torch.save(to_checkpoint(build_model(model_cfg), cfg, stats), path)
+    return path
+
+
+def bench(ks: Sequence[int], size: tuple[int, int], frames: int, batch_size: int, threads: int | None,
+          num_filters: int = 10) -> list[dict]:
+    """Ensemble throughput (frames/s, reading and writing included) for each K on a synthetic store."""
+    from video_pipeline.dataset import make_bench_store
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = make_bench_store(Path(tmp) / "bench.zarr", frames, size)
+        loaded = load(bench_checkpoint(Path(tmp) / "bench.ckpt", size, num_filters))
+        for k in ks:
+            plan = make_plan(loaded, [VideoStore.open(store)], None, k, "mean", 0)
+            for _, x, present, _ in frame_batches(loaded, store, plan.available, np.arange(batch_size), batch_size):
+                predict(plan, loaded, x, present, size)  # first-call costs (allocator, kernels) left out
+            s = ensemble_store(plan, loaded, store, {"semantic_output": f"bench_k{k}"}, None, batch_size)
+            out.append({"k": k, "frames_per_s": s["frames_per_s"], "frames": s["frames"], "size": list(size),
+                        "batch_size": batch_size, "threads": torch.get_num_threads(), "num_filters": num_filters,
+                        "parameters": sum(p.numel() for p in loaded.model.parameters())})
+    return out
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m video_pipeline.phgmae.ensemble",
+                                description="ensemble throughput (frames/s) for several K on a synthetic store")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 4, 8, 16])
+    p.add_argument("--size", type=int, nargs=2, default=[540, 960], metavar=("H", "W"))
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--num-filters", type=int, default=10, help="SafeUAV width (10: the 430k model)")
+    args = p.parse_args(argv)
+    for row in bench(args.k, tuple(args.size), args.frames, args.batch_size, args.threads, args.num_filters):
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(bench_main())
