@@ -37,8 +37,10 @@ experts:
   plus: {{type: test/plus-one, deps: [bright]}}
 """
 ADDED = RECIPE + "  edges: {type: edges/canny}\n"
-# Longer runs (every write of a run killed, more random moments): `VRE_SOAK=1 pytest -m slow ...`
-SOAK = [pytest.mark.slow, pytest.mark.skipif(not os.environ.get("VRE_SOAK"), reason="soak: set VRE_SOAK=1")]
+# Longer runs (every write of a run killed, more random moments, more training kill points), on
+# demand: `VRE_SOAK=1 pytest -m slow tests/test_reliability_crash.py`
+SOAK_ONLY = pytest.mark.skipif(not os.environ.get("VRE_SOAK"), reason="soak: set VRE_SOAK=1")
+SOAK = [pytest.mark.slow, SOAK_ONLY]
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,8 @@ KILL_POINTS = [
     ("first shard half written", {"op": "put", "key": "rgb/c/*", "nth": 1, "phase": "half"}),
     ("third shard written, before rename", {"op": "put", "key": "bright/c/*", "nth": 3, "phase": "before-rename"}),
     ("shard renamed, frame flags not written", {"op": "put", "key": "plus/c/*", "nth": 2, "phase": "after-rename"}),
-    ("frame flags written, shard flag not", {"op": "put", "key": "_frames/plus/c/*", "nth": 2, "phase": "after-rename"}),
+    ("frame flags written, shard flag not",
+     {"op": "put", "key": "_frames/plus/c/*", "nth": 2, "phase": "after-rename"}),
     ("shard flag half written", {"op": "put", "key": "_progress/rgb/c/*", "nth": 3, "phase": "half"}),
     ("last shard flag (final progress update), before rename",
      {"op": "put", "key": f"_progress/plus/c/{N_FRAMES // SHARD - 1}", "nth": 1, "phase": "before-rename"}),
@@ -182,9 +185,10 @@ def test_run_killed_at_more_random_moments(harness, setup, tmp_path, seed):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("VRE_SOAK"), reason="soak: set VRE_SOAK=1")
+@SOAK_ONLY
 def test_run_killed_at_every_write_of_the_reference_run(harness, setup, tmp_path):
-    """Soak: every write the reference run made, killed before its rename (then after it)."""
+    """Soak: every write the reference run made, killed before its rename (then after it). A few
+    are not reached in the killed run (two writer threads order their shards differently)."""
     seen: dict[str, int] = {}
     points = []
     for line in setup["writes"]:
@@ -193,6 +197,7 @@ def test_run_killed_at_every_write_of_the_reference_run(harness, setup, tmp_path
             continue
         seen[key] = seen.get(key, 0) + 1
         points.append((key, seen[key]))
+    not_reached = 0
     for i, (key, nth) in enumerate(points):
         for phase in ("before-rename", "after-rename"):
             case = tmp_path / f"{i}-{phase}"
@@ -201,9 +206,11 @@ def test_run_killed_at_every_write_of_the_reference_run(harness, setup, tmp_path
                 kill_and_resume(harness, setup, case, f"write {i}: {key} #{nth} {phase}",
                                 stop={"op": "put", "key": key, "nth": nth, "phase": phase})
             except AssertionError as err:
-                if "the kill point was not reached" in str(err):  # thread order differs between runs
-                    continue
-                raise
+                if "the kill point was not reached" not in str(err):
+                    raise
+                not_reached += 1
+    assert not_reached < len(points) // 4
+    record("run kill", "every write of the reference run", "points not reached", not_reached=not_reached)
 
 
 # ---------------------------------------------------------------------------------------- export
@@ -228,7 +235,8 @@ def tree(root: Path) -> dict[str, bytes]:
 EXPORT_POINTS = [
     ("first frame file written, before rename", {"op": "replace", "key": "*.npz", "nth": 1, "phase": "before"}),
     ("20th frame file renamed", {"op": "replace", "key": "*.npz", "nth": 20, "phase": "after"}),
-    ("last frame file written, before rename", {"op": "replace", "key": "*.npz", "nth": 3 * N_FRAMES, "phase": "before"}),
+    ("last frame file written, before rename",
+     {"op": "replace", "key": "*.npz", "nth": 3 * N_FRAMES, "phase": "before"}),
     ("a modality description, before rename", {"op": "replace", "key": "*/*.json", "nth": 2, "phase": "before"}),
     ("the final split list, before rename", {"op": "replace", "key": "*.txt", "nth": 2, "phase": "before"}),
 ]
@@ -279,7 +287,8 @@ def trainer(tmp_path_factory):
     res = h.run(["train", root / "full.yaml", "--device", "cpu"], cwd=root)
     assert res["rc"] == 0, res["stderr"]
     records = [json.loads(line) for line in (root / "full" / "metrics.jsonl").read_text().splitlines()]
-    improved = [r["epoch"] for r, before in zip(records, [None] + records) if before is None or r["best"] != before["best"]]
+    improved = [r["epoch"] for r, before in zip(records, [None] + records)
+                if before is None or r["best"] != before["best"]]
     yield {"harness": h, "root": root, "store": store, "improved": improved}
     h.close()
 
@@ -313,9 +322,11 @@ def training_points(improved: list[int]) -> list[tuple[str, dict]]:
     last_improving = max(e for e in improved if e >= 2)
     return [
         ("epoch 2, before its second optimizer step", {"op": "call", "target": "torch.optim:AdamW.step", "nth": 6}),
-        ("epoch 2 logged, checkpoint not started", {"op": "call", "target": "video_pipeline.phgmae.train:save_checkpoint",
-                                                    "nth": 1 + sum(1 for e in improved if e < 2) + 1}),
-        ("last.ckpt of epoch 2 written, before rename", {"op": "replace", "key": "last.ckpt", "nth": 2, "phase": "before"}),
+        ("epoch 2 logged, checkpoint not started",
+         {"op": "call", "target": "video_pipeline.phgmae.train:save_checkpoint",
+          "nth": 1 + sum(1 for e in improved if e < 2) + 1}),
+        ("last.ckpt of epoch 2 written, before rename",
+         {"op": "replace", "key": "last.ckpt", "nth": 2, "phase": "before"}),
         (f"last.ckpt of improving epoch {last_improving} renamed",
          {"op": "replace", "key": "last.ckpt", "nth": last_improving, "phase": "after"}),
         (f"best.ckpt of epoch {last_improving} renamed", {"op": "replace", "key": "best.ckpt", "nth": len(improved),

@@ -1,4 +1,5 @@
-"""Bad input: over a hundred malformed recipes and eighteen broken videos or image folders.
+"""Bad input: over a hundred malformed recipes, sixteen broken videos or image folders, and two
+cut files that read as complete shorter videos (known limits).
 
 Every case ends `vre run` with exactly one line on stderr and a non-zero exit, never a traceback
 or an "internal error", and never with a store that a rerun would take as finished. The cases are
@@ -127,10 +128,11 @@ def test_broken_video_is_one_line_and_never_a_finished_store(tmp_path, broken, r
            frames_stored=int(done.sum()), frames_in_index=n_frames)
 
 
-@pytest.mark.parametrize("name", malformed.SHORTER_CASES)
-def test_cut_that_leaves_a_shorter_valid_video_stores_only_correct_frames(tmp_path, broken, rgb_recipe, name):
-    """A Matroska file cut anywhere reads as a complete shorter video (a known limit, see
-    docs/reliability.md): the run succeeds, and every stored frame is the intact file's frame."""
+@pytest.mark.parametrize("name", malformed.KNOWN_LIMITS)
+def test_cuts_that_read_as_a_complete_shorter_video(tmp_path, broken, rgb_recipe, name):
+    """Known limits (docs/reliability.md): nothing in these cut files says they are cut. The run
+    succeeds and stores the frames present: all but the last are exactly the intact file's; the
+    last may hold the concealed remains of a cut frame (raw H.264)."""
     from video_pipeline.video import Video
 
     out = tmp_path / "out.zarr"
@@ -138,6 +140,7 @@ def test_cut_that_leaves_a_shorter_valid_video_stores_only_correct_frames(tmp_pa
     stored = zarr.open_group(str(out), mode="r")["rgb"][:]
     assert 0 < len(stored) < 24
     intact = Video.open(broken["good" + Path(name).suffix]).read(range(len(stored)))
-    np.testing.assert_array_equal(stored, intact)
-    record("broken video", name, "read as a shorter complete video (known limit)", cases=1,
-           frames_stored=len(stored))
+    np.testing.assert_array_equal(stored[:-1], intact[:-1])
+    last_error = float(np.abs(stored[-1].astype(np.float32) - intact[-1]).mean())
+    record("broken video", name, "read as a complete shorter video (known limit)", cases=1,
+           frames_stored=len(stored), last_frame_mean_abs_error=round(last_error, 1))

@@ -75,10 +75,12 @@ def remount(where: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True)
 
 
-@pytest.mark.parametrize("free", ["600k", "8k"], ids=["full during shard writes", "full before the metadata"])
-def test_full_disk_is_one_line_and_the_store_resumes(data, tmp_path, capsys, free):
-    with small_filesystem(tmp_path / "fs", "600k") as fs:
-        if free == "8k":  # leave almost nothing: even the store's metadata does not fit
+@pytest.mark.parametrize("size,free", [("5m", None), ("600k", "8k")],
+                         ids=["full after two of six shards", "full before the metadata"])
+def test_full_disk_is_one_line_and_the_store_resumes(data, tmp_path, capsys, size, free):
+    """The reference store takes 12 MB: 5 MB hold about two shards; 8 kB not even the metadata."""
+    with small_filesystem(tmp_path / "fs", size) as fs:
+        if free:
             filler = fs / "filler"
             with open(filler, "wb") as f:
                 f.write(bytes(600 * 1024 - 8 * 1024))
@@ -93,7 +95,8 @@ def test_full_disk_is_one_line_and_the_store_resumes(data, tmp_path, capsys, fre
         assert main(argv) == 0
         storecheck.assert_same_store(out, data["ref"])
         assert storecheck.lost(done, out) == 0
-    record("full disk", f"vre run, {free} free", "one line, resumed", cases=1, lost=0,
+    record("full disk", f"vre run on a {size} disk" + (f" with {free} free" if free else ""), "one line, resumed",
+           cases=1, lost=0,
            durable_before=sum(int(d.sum()) for d in done.values()))
 
 
@@ -191,20 +194,11 @@ def start_run(recipe: Path, clip: Path, out: Path, log: Path) -> subprocess.Pope
                             text=True, env=env)
 
 
-def slow_recipe(root: Path, delay: float) -> Path:
-    path = root / "slow.yaml"
-    path.write_text(f"plugins: [{COUNTING}]\nshard_frames: 8\nexperts:\n  rgb: {{type: color/rgb}}\n"
-                    f"  bright: {{type: test/brightness, params: {{delay: {delay}}}}}\n"
-                    f"  plus: {{type: test/plus-one, deps: [bright]}}\n")
-    return path
-
-
 def test_two_runs_on_one_store_never_both_write(data, tmp_path):
     """Started together: one computes every frame once; the other refuses in one line (or, if it
     came second, finds nothing to do)."""
-    recipe = slow_recipe(tmp_path, 0.01)
     out, log = tmp_path / "s.zarr", tmp_path / "calls.log"
-    procs = [start_run(recipe, data["clip"], out, log) for _ in range(2)]
+    procs = [start_run(data["recipe"], data["clip"], out, log) for _ in range(2)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     refused = [r for r in results if r[0] != 0]
     assert len(refused) <= 1
@@ -222,17 +216,31 @@ def test_two_runs_on_one_store_never_both_write(data, tmp_path):
     record("concurrency", "two vre run at once", "refused" if refused else "second found nothing to do", cases=1)
 
 
-def test_second_run_while_the_first_writes_refuses_in_one_line(data, tmp_path):
-    recipe = slow_recipe(tmp_path, 0.03)
-    out, log = tmp_path / "s.zarr", tmp_path / "calls.log"
-    first = start_run(recipe, data["clip"], out, log)
+def gated_recipe(root: Path) -> Path:
+    """The reference recipe plus an expert that stops the run in its second shard until the test
+    creates `root/release` (it creates `root/release.waiting` when it stops)."""
+    path = root / "gated.yaml"
+    path.write_text(f"plugins: [{COUNTING}, {PLUGIN}]\nshard_frames: 8\nexperts:\n  rgb: {{type: color/rgb}}\n"
+                    f"  bright: {{type: test/brightness}}\n  plus: {{type: test/plus-one, deps: [bright]}}\n"
+                    f"  gate: {{type: reliability/gate, params: {{release: '{root / 'release'}'}}}}\n")
+    return path
+
+
+def wait_for(path: Path, proc: subprocess.Popen) -> None:
     deadline = time.time() + 120
-    while not (out / "_frames" / "plus" / "c").exists() and time.time() < deadline:
-        time.sleep(0.02)
-    second = start_run(recipe, data["clip"], out, log)
+    while not path.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.01)
+
+
+def test_second_run_while_the_first_writes_refuses_in_one_line(data, tmp_path):
+    out, log = tmp_path / "s.zarr", tmp_path / "calls.log"
+    first = start_run(gated_recipe(tmp_path), data["clip"], out, log)
+    wait_for(tmp_path / "release.waiting", first)
+    second = start_run(gated_recipe(tmp_path), data["clip"], out, log)
     code, stdout, stderr = second.wait(timeout=120), *second.communicate()
-    assert first.poll() is None, "the first run ended before the second started; make it slower"
     assert code == 2 and stderr.count("\n") == 1 and f"{out}: another vre run is writing this store" in stderr
+    (tmp_path / "release").touch()
     assert first.wait(timeout=300) == 0
     got, ref = zarr.open_group(str(out), mode="r"), zarr.open_group(str(data["ref"]), mode="r")
     for name in ("rgb", "bright", "plus", "_frames/plus", "_progress/plus"):
@@ -241,29 +249,32 @@ def test_second_run_while_the_first_writes_refuses_in_one_line(data, tmp_path):
 
 
 def test_a_store_being_written_can_be_read(data, tmp_path):
-    """Once a run has written its first shard: inspect, statistics and the torch dataset, in a loop
-    while it writes, read without errors, and every frame the flags call done is the reference's."""
+    """A run held in its second shard, then let go: inspect, statistics and the torch dataset read
+    the store all along without errors, and every frame the flags call done is the reference's."""
     from video_pipeline.dataset import StoreDataset, compute_stats
 
-    recipe = slow_recipe(tmp_path, 0.02)
     out = tmp_path / "s.zarr"
-    writer = start_run(recipe, data["clip"], out, tmp_path / "calls.log")
+    writer = start_run(gated_recipe(tmp_path), data["clip"], out, tmp_path / "calls.log")
+    wait_for(tmp_path / "release.waiting", writer)
     ref = zarr.open_group(str(data["ref"]), mode="r")
-    deadline = time.time() + 120
-    while not (out / "_frames" / "plus" / "c").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    reads = 0
-    while writer.poll() is None or not reads:
+    reads, seen = 0, set()
+    while True:
+        running = writer.poll() is None
         describe_store(out, as_json=True)
         compute_stats(out)
         dataset = StoreDataset(out, modalities=["rgb", "bright", "plus"], missing="drop")
-        for i in range(len(dataset)):
+        seen.add(len(dataset))
+        for i in range(0, len(dataset), 5):
             item = dataset[i]
             frame = item["frame"]
             np.testing.assert_array_equal(item["bright"].numpy()[0], ref["bright"][frame][..., 0].astype(np.float32))
             np.testing.assert_array_equal(item["plus"].numpy()[0], ref["plus"][frame][..., 0].astype(np.float32))
             reads += 1
+        (tmp_path / "release").touch()
+        if not running:
+            break
     assert writer.wait() == 0, writer.stderr.read()
+    assert min(seen) < N_FRAMES and max(seen) == N_FRAMES  # read half-written, then whole
     record("concurrency", "inspect, stats and dataset while a run writes", "no error", cases=1, reads=reads)
 
 

@@ -228,7 +228,7 @@ def test_plugin_files_named_only_by_a_store_never_run(finished, clip, tmp_path, 
     StoreDataset(store)[0]
     assert not finished["marker"].exists()
     named = tmp_path / "named.yaml"
-    named.write_text(f"plugins: [{finished['root'] / 'evil.py'}]\nshard_frames: 16\nexperts:\n  rgb: {{type: color/rgb}}\n")
+    named.write_text(f"plugins: [{finished['root'] / 'evil.py'}]\n" + finished["recipe"].read_text())
     assert main(["run", str(named), str(clip), "-o", store, "-q"]) == 0
     assert finished["marker"].exists()  # named by the recipe: imported, as documented
     record("security", "plugin named only by a store's metadata", "never imported", cases=5)

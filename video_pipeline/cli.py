@@ -23,9 +23,10 @@ def cmd_run(args) -> int:
     recipe = load_recipe(args.recipe)
     if len(args.video) > 1 and args.output:
         raise VreError("-o names one store; with several videos, omit it (each gets <stem>.zarr)")
-    if args.workers > 1 or args.ray is not None:
-        from video_pipeline.parallel import run_parallel
+    from video_pipeline.parallel import default_workers, run_parallel
 
+    args.workers = args.workers or default_workers(recipe, args.device)
+    if args.ray is not None or args.workers > 1:
         return run_parallel(recipe, args)
     for video_path in args.video:
         out = Path(args.output) if args.output else Path.cwd() / f"{Path(video_path).stem}.zarr"
@@ -157,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", nargs="+", metavar="NAME", help="compute only these experts (and missing deps)")
     r.add_argument("--overwrite", action="store_true", help="recompute what is asked even if stored")
     r.add_argument("--device", help="auto|cpu|cuda|cuda:N|mps (overrides the recipe's default)")
-    r.add_argument("--workers", type=int, default=1, help="worker processes (each owns whole shards)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="worker processes, each owning whole shards (default: one per GPU for "
+                        "learned experts on a multi-GPU machine, else 1)")
     r.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
                    help="run on a Ray cluster (local instance if no address)")
     r.add_argument("--on-error", choices=("stop", "skip"), default="stop",

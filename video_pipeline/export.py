@@ -512,7 +512,8 @@ def _plan_modality(name: str, frames: Mapping[int, list], descs: Mapping, skippe
         if dtype not in STORED_DTYPES or type(channels) is not int or not 1 <= channels <= MAX_CHANNELS:
             skipped.append({"path": str(descs[name][0] if name in descs else path),
                             "why": f"dtype {dtype!r} with {channels!r} channels: a store holds "
-                                   f"{'/'.join(STORED_DTYPES)} of 1..{MAX_CHANNELS} channels; modality '{name}' skipped"})
+                                   f"{'/'.join(STORED_DTYPES)} of 1..{MAX_CHANNELS} channels; "
+                                   f"modality '{name}' skipped"})
             return None
         return {"attrs": attrs, "shape": (sample.shape[0], sample.shape[1], channels), "dtype": dtype,
                 "frames": frames}

@@ -449,9 +449,6 @@ class _StreamReader(_Reader):
         if frame is None:
             self.decoded = None
             raise self.error(t, "the decoder gave no frame for it")
-        if frame.is_corrupt:  # decoded with errors concealed (e.g. a stream cut inside this frame)
-            self.decoded = None
-            raise self.error(t, "the decoder reports the frame damaged; the file is truncated or corrupt here")
         return frame.to_ndarray(format="rgb24")
 
     def advance(self, t: int):

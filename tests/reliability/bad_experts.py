@@ -1,4 +1,5 @@
-"""Test plugin (a recipe's `plugins:` entry): experts that misbehave on one chosen frame, and a slow one.
+"""Test plugin (a recipe's `plugins:` entry): an expert that misbehaves on one chosen frame, and one
+that holds a run in the middle.
 
 Frames of a clip made with `synth.make_clip(..., stamp=True)` carry their frame number, so an
 expert can tell which frame it is given without help from the runner.
@@ -6,6 +7,7 @@ expert can tell which frame it is given without help from the runner.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -21,8 +23,8 @@ class BadAt(Expert):
     NaN/Inf there, a wrong shape for the batch holding it, a list instead of an array, values
     beyond float16 (65504), or an exception."""
 
-    def __init__(self, frame: int = 0,
-                 fault: Literal["nan", "inf", "-inf", "channels", "frames", "ndim", "list", "overflow", "raise"] = "nan"):
+    def __init__(self, frame: int = 0, fault: Literal["nan", "inf", "-inf", "channels", "frames", "ndim", "list",
+                                                      "overflow", "raise"] = "nan"):
         self.frame, self.fault = frame, fault
 
     def output(self, deps):
@@ -51,16 +53,22 @@ class BadAt(Expert):
         return out
 
 
-@register_expert("reliability/slow")
-class Slow(Expert):
-    """The frame's brightness, after sleeping `delay` seconds per frame (keeps a run going)."""
+@register_expert("reliability/gate")
+class Gate(Expert):
+    """The frame's brightness; its `at_call`-th call first creates `<release>.waiting`, then waits
+    until the file `release` exists: holds a run in the middle for as long as a test needs."""
 
-    def __init__(self, delay: float = 0.02):
-        self.delay = delay
+    def __init__(self, release: str = "", at_call: int = 2):
+        self.release, self.at_call, self.calls = Path(release), at_call, 0
 
     def output(self, deps):
         return OutputSpec(channels=1, kind="depth", value_range=(0, 1))
 
     def __call__(self, frames, deps):
-        time.sleep(self.delay * len(frames))
+        self.calls += 1
+        if self.calls == self.at_call:
+            self.release.with_name(self.release.name + ".waiting").touch()
+            deadline = time.monotonic() + 120
+            while not self.release.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
         return (frames.mean(axis=3, keepdims=True) / 255.0).astype(np.float16)

@@ -71,12 +71,14 @@ def recipes() -> list[tuple[str, bytes]]:
     add("unknown key", "unknown parameter", expert("{type: edges/canny, params: {lo: 1}}"))
     # dependency graph
     add("cycle", "self", expert("{type: edges/canny, deps: [e]}"))
-    add("cycle", "two experts", recipe(experts="\n  a: {type: normals/svd, deps: [b]}\n  b: {type: normals/svd, deps: [a]}\n"))
+    add("cycle", "two experts", recipe(experts="\n  a: {type: normals/svd, deps: [b]}\n"
+                                               "  b: {type: normals/svd, deps: [a]}\n"))
     add("cycle", "three experts", recipe(experts="\n  a: {type: normals/svd, deps: [c]}\n"
-                                                 "  b: {type: normals/svd, deps: [a]}\n  c: {type: normals/svd, deps: [b]}\n"))
-    add("cycle", "behind a valid expert", recipe(experts="\n  rgb: {type: color/rgb}\n  a: {type: map/binary, deps: [b], "
-                                                         "params: {classes: [x]}}\n  b: {type: map/binary, deps: [a], "
-                                                         "params: {classes: [x]}}\n"))
+                                                 "  b: {type: normals/svd, deps: [a]}\n"
+                                                 "  c: {type: normals/svd, deps: [b]}\n"))
+    binary = "{type: map/binary, deps: [%s], params: {classes: [x]}}"
+    add("cycle", "behind a valid expert", recipe(experts=f"\n  rgb: {{type: color/rgb}}\n  a: {binary % 'b'}\n"
+                                                         f"  b: {binary % 'a'}\n"))
     add("missing dep", "unknown name", expert("{type: normals/svd, deps: [depth]}"))
     add("missing dep", "dependency not given", expert("{type: normals/svd}"))
     add("missing dep", "wrong kind of dependency", expert("{type: normals/svd, deps: [rgb]}"))
@@ -129,18 +131,20 @@ def recipes() -> list[tuple[str, bytes]]:
 # ---------------------------------------------------------------------------------------- videos
 VIDEO_CASES = ("empty.mp4", "text-renamed.mp4", "random-bytes.mp4", "header-only.mp4", "truncated-2pct.mp4",
                "truncated-30pct.mp4", "truncated-55pct.mp4", "truncated-80pct.mp4", "truncated-97pct.mp4",
-               "truncated-60pct.h264", "zeroed-middle.mp4", "audio-only.m4a",
+               "zeroed-middle.mp4", "audio-only.m4a",
                "dangling-symlink.mp4", "mixed-size-images", "cut-image-in-folder", "text-named-png-in-folder",
                "folder-without-images")
-# Cut files that nothing tells from a shorter complete video: Matroska keeps no frame table up front,
-# so FFmpeg only logs "File ended prematurely" and drops the partial block.
-SHORTER_CASES = ("truncated-50pct.mkv",)
+# Cut files that nothing tells from a complete shorter video (docs/reliability.md, known limits):
+# Matroska keeps no frame table up front, so FFmpeg only logs "File ended prematurely" and drops the
+# partial block; a raw H.264 stream has no container at all, and its last, cut frame is decoded
+# with the missing part concealed (FFmpeg's frame-threaded decoder flags it corrupt only sometimes).
+KNOWN_LIMITS = ("truncated-50pct.mkv", "truncated-60pct.h264")
 
 
 def broken_videos(folder: Path) -> dict[str, Path]:
     """Path of each of VIDEO_CASES (videos and image folders that cannot be read whole), of
-    SHORTER_CASES, and of the intact clips ("good.mp4", "good.mkv") they are made from: 24 frames
-    64x96 (`synth.scene_frames(24, (64, 96), seed=1)`)."""
+    KNOWN_LIMITS, and of the intact clips ("good.mp4", "good.mkv", "good.h264") they are cut from:
+    24 frames 64x96 (`synth.scene_frames(24, (64, 96), seed=1)`)."""
     from video_pipeline import synth
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -158,7 +162,6 @@ def broken_videos(folder: Path) -> dict[str, Path]:
         "random-bytes.mp4": bytes(np.random.default_rng(1).integers(0, 256, 20000, dtype=np.uint8)),
         "header-only.mp4": data[:mdat],
         **{f"truncated-{int(f * 100)}pct.mp4": data[:int(len(data) * f)] for f in (0.02, 0.3, 0.55, 0.8, 0.97)},
-        "truncated-60pct.h264": h264[:int(len(h264) * 0.6)],
         "zeroed-middle.mp4": bytes(middle),
     }
     out = {}
@@ -179,10 +182,12 @@ def broken_videos(folder: Path) -> dict[str, Path]:
     empty = out["folder-without-images"] = folder / "folder-without-images"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
-    out["truncated-50pct.mkv"] = folder / "truncated-50pct.mkv"
-    out["truncated-50pct.mkv"].write_bytes(mkv[:len(mkv) // 2])
-    assert tuple(out) == VIDEO_CASES + SHORTER_CASES
-    return {**out, "good.mp4": folder / "good.mp4", "good.mkv": folder / "good.mkv"}
+    for name, content in (("truncated-50pct.mkv", mkv[:len(mkv) // 2]),
+                          ("truncated-60pct.h264", h264[:int(len(h264) * 0.6)])):
+        out[name] = folder / name
+        out[name].write_bytes(content)
+    assert tuple(out) == VIDEO_CASES + KNOWN_LIMITS
+    return {**out, **{f"good{ext}": folder / f"good{ext}" for ext in (".mp4", ".mkv", ".h264")}}
 
 
 def _audio_only(path: Path) -> Path:

@@ -51,7 +51,8 @@ def training_store(path: Path, n: int = 8, size=(32, 48)) -> Path:
     for name, data, attrs in (("rgb", rgb, {"kind": "image"}), ("depth", depth, {"kind": "depth"}),
                               ("semantic", sem, {"kind": "semantic", "classes": ["land", "water", "road"],
                                                  "palette": [[0, 255, 0], [0, 0, 255], [255, 255, 255]]})):
-        store.ensure_array(ArraySpec(name, data.shape[-1], str(data.dtype), {**attrs, "channels": data.shape[-1]}), h, w)
+        c = data.shape[-1]
+        store.ensure_array(ArraySpec(name, c, str(data.dtype), {**attrs, "channels": c}), h, w)
         idx = np.arange(n)
         for a in range(0, n, 4):
             store.write_frames(name, idx[a:a + 4], data[a:a + 4])

@@ -103,7 +103,8 @@ def importance(loaded: Loaded, paths: Sequence[Path], frames=None, masks: int = 
                 row[col[m]] = hidden
                 variants.append(row)
                 meta.append((r, f, int(hidden)))
-    variants = torch.stack(variants)
+    # many variants coincide (flipping a node the base mask already has that way): run each once
+    unique, inverse = torch.unique(torch.stack(variants), dim=0, return_inverse=True)
     specs = loss_specs(loaded)
     num = np.zeros((len(targets), len(inputs), 2))
     den = np.zeros((len(targets), len(inputs), 2))
@@ -111,16 +112,22 @@ def importance(loaded: Loaded, paths: Sequence[Path], frames=None, masks: int = 
     frames = default_frames(loaded, frames)
     for _, x, present, batch in _batches(loaded, paths, have, frames, batch_size):
         truth = node_targets(batch, layout, x.device)
-        for start in range(0, len(variants), CHUNK):
-            raw = run_passes(loaded.model, x, present, variants[start:start + CHUNK], layout, targets)
-            for j, (r, f, hidden) in enumerate(meta[start:start + CHUNK]):
+        losses = {}  # (unique mask, target) -> (loss x weight, weight), where the mask hides the target
+        for start in range(0, len(unique), CHUNK):
+            raw = run_passes(loaded.model, x, present, unique[start:start + CHUNK], layout, targets)
+            for j in range(raw[targets[0]].shape[0]):
                 for t, n in enumerate(targets):
-                    if n == inputs[f] or not base[r, col[n]]:
-                        continue  # n must be hidden in both variants for its loss to count
-                    value, weight = node_loss(specs[n], raw[n][j], truth[n], present[:, col[n]])
-                    num[t, f, hidden] += float(value) * float(weight)
-                    den[t, f, hidden] += float(weight)
-                    count[t, f] += int(present[:, col[n]].sum()) if hidden else 0
+                    if unique[start + j, col[n]]:
+                        value, weight = node_loss(specs[n], raw[n][j], truth[n], present[:, col[n]])
+                        losses[(start + j, t)] = (float(value) * float(weight), float(weight))
+        for (r, f, hidden), u in zip(meta, inverse.tolist()):
+            for t, n in enumerate(targets):
+                if n == inputs[f] or not base[r, col[n]]:
+                    continue  # n must be hidden in both variants for its loss to count
+                total, weight = losses[(u, t)]
+                num[t, f, hidden] += total
+                den[t, f, hidden] += weight
+                count[t, f] += int(present[:, col[n]].sum()) if hidden else 0
     with np.errstate(invalid="ignore", divide="ignore"):
         loss = np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)
     delta = loss[..., 1] - loss[..., 0]

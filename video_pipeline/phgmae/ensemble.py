@@ -30,6 +30,7 @@ can be previewed, exported and trained on like any expert output.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 
 from video_pipeline.errors import StoreError, VreError
 from video_pipeline.expert import OutputSpec
-from video_pipeline.phgmae.engine import NodeLayout, dataset_statistics, forward_nodes, node_inputs
+from video_pipeline.phgmae.engine import NodeLayout, dataset_statistics, forward_nodes, node_inputs, target_labels
 from video_pipeline.phgmae.masking import MaskPolicy, sample_mask
 from video_pipeline.store import ArraySpec, VideoStore, shard_groups
 
@@ -428,23 +429,22 @@ def fit_plan(plan: Plan, loaded: Loaded, store_paths: Sequence[Path], frames=Non
                 target = torch.from_numpy(store.read(modality, pos).astype(np.float32))  # [B, H, W, c]
                 v = _resize(v.flatten(0, 1), target.shape[1:3]).unflatten(0, v.shape[:2])
                 v = v[..., ::FIT_STRIDE, ::FIT_STRIDE].permute(0, 1, 3, 4, 2).flatten(1, 3)  # [K, P, C]
-                t = target[:, ::FIT_STRIDE, ::FIT_STRIDE].flatten(0, 2)                     # [P, c]
+                n = layout.node(node)
                 if is_class(layout, node):
-                    labels = t[:, 0] if t.shape[1] == 1 else torch.where(
-                        torch.isfinite(t).all(1) & (t.nan_to_num(0).sum(1) > 0), t.nan_to_num(0).argmax(1), 255)
-                    keep = labels < v.shape[2]
-                    values.append(v[:, keep].cpu())
-                    targets.append(labels[keep].long())
+                    t = target_labels(n, target[..., 0] if n.kind == "class" else target.permute(0, 3, 1, 2))
+                    t = t[:, ::FIT_STRIDE, ::FIT_STRIDE].flatten()                            # [P]
+                    keep = t < v.shape[2]
                 else:
+                    t = target[:, ::FIT_STRIDE, ::FIT_STRIDE].flatten(0, 2)                 # [P, C]
                     keep = torch.isfinite(t).all(1)
-                    values.append(v[:, keep].cpu())
-                    targets.append(t[keep])
+                values.append(v[:, keep].cpu())
+                targets.append(t[keep])
         if not targets or sum(len(t) for t in targets) == 0:
             raise VreError(f"--aggregation learned: no validation frame with the target '{modality}' of "
                            f"node '{node}' in {', '.join(map(str, store_paths))} (frames {frames}); "
                            f"compute it, or use mean")
         weights[node] = learn_weights(torch.cat(values, 1), torch.cat(targets), is_class(layout, node))
-    return Plan(plan.nodes, plan.available, plan.masks, plan.aggregation, plan.seed, weights, plan.min_confidence)
+    return dataclasses.replace(plan, pass_weights=weights)
 
 
 def predict(plan: Plan, loaded: Loaded, x: torch.Tensor, present: torch.Tensor,
