@@ -256,7 +256,7 @@ def snapshot(root: Path, skip: Path) -> dict[str, int]:
     return {str(p): p.stat().st_size for p in root.rglob("*") if p.is_file() and skip not in p.parents}
 
 
-@pytest.mark.parametrize("split", ["../escape", "/tmp/absolute", "a/b", "..", ".", "'train\\n'", "''"])
+@pytest.mark.parametrize("split", ["../escape", "/tmp/absolute", "a/b", "..", ".", '"train\\n"', "''"])
 def test_export_refuses_split_names_that_are_paths(finished, tmp_path, capsys, split):
     (tmp_path / "splits.yaml").write_text(f"{split}: {{s: all}}\n")
     before = snapshot(tmp_path.parent, tmp_path / "out")
