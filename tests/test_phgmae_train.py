@@ -347,7 +347,6 @@ def test_released_checkpoint_in_the_trainer_matches_the_expert(tmp_path):
     released = load_checkpoint(weights)
     agree = (trainer_predictions(released).numpy() == labels[..., 0]).mean()
     assert agree > 0.999, agree
-    print("agreement", agree)
 
     # fine-tune from the released weights with `vre train` (one step), then back into the expert
     config = tmp_path / "finetune.yaml"
@@ -376,4 +375,3 @@ optimizer: {{lr: 0.001}}
     assert any(not torch.equal(tuned["state_dict"][k], v) for k, v in released["state_dict"].items())
     agree = (trainer_predictions(tuned).numpy() == expert_labels(tuned_path)[..., 0]).mean()
     assert agree > 0.999, agree
-    print("agreement", agree)

@@ -207,7 +207,8 @@ def test_two_runs_on_one_store_never_both_write(data, tmp_path):
     came second, finds nothing to do)."""
     out, log = tmp_path / "s.zarr", tmp_path / "calls.log"
     procs = [start_run(data["recipe"], data["clip"], out, log) for _ in range(2)]
-    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    results = [(p.returncode, *output) for p, output in zip(procs, outputs)]
     refused = [r for r in results if r[0] != 0]
     assert len(refused) <= 1
     for code, stdout, stderr in refused:
@@ -246,10 +247,11 @@ def test_second_run_while_the_first_writes_refuses_in_one_line(data, tmp_path):
     first = start_run(gated_recipe(tmp_path), data["clip"], out, log)
     wait_for(tmp_path / "release.waiting", first)
     second = start_run(gated_recipe(tmp_path), data["clip"], out, log)
-    code, stdout, stderr = second.wait(timeout=120), *second.communicate()
+    stdout, stderr = second.communicate(timeout=120)
+    code = second.returncode
     assert code == 2 and stderr.count("\n") == 1 and f"{out}: another vre run is writing this store" in stderr
     (tmp_path / "release").touch()
-    assert first.wait(timeout=300) == 0
+    assert first.communicate(timeout=300) and first.returncode == 0
     got, ref = zarr.open_group(str(out), mode="r"), zarr.open_group(str(data["ref"]), mode="r")
     for name in ("rgb", "bright", "plus", "_frames/plus", "_progress/plus"):
         np.testing.assert_array_equal(got[name][:], ref[name][:])
@@ -281,7 +283,8 @@ def test_a_store_being_written_can_be_read(data, tmp_path):
         (tmp_path / "release").touch()
         if not running:
             break
-    assert writer.wait() == 0, writer.stderr.read()
+    _, stderr = writer.communicate(timeout=300)
+    assert writer.returncode == 0, stderr
     assert min(seen) < N_FRAMES and max(seen) == N_FRAMES  # read half-written, then whole
     record("concurrency", "inspect, stats and dataset while a run writes", "no error", cases=1, reads=reads)
 

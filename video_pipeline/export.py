@@ -38,7 +38,7 @@ from video_pipeline.yamlio import LineDict, load_yaml
 ALL = "all"  # the split every frame goes to without a split file
 FRAME_NUMBER = "_index/frame_number"
 VOLATILE_ATTRS = ("statistics", "skipped", "revision")  # array attrs that are not a description
-SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")  # \Z: "$" would let a final newline in
 RANGE_RE = re.compile(r"^(\d*)\.\.(\d*)$")
 FILE_RE = re.compile(r"^(?P<video>.+)_(?P<frame>\d+)\.(?P<ext>npz|npy)$")
 STORED_DTYPES = ("uint8", "float16", "float32")  # what an imported modality may be stored as

@@ -437,8 +437,6 @@ def prepare(recipe: Recipe, video: Video, out: str | Path, options: RunOptions) 
                     if f"{flags}/{name}" in store.group:
                         del store.group[f"{flags}/{name}"]
     store.init_meta(merged, sha256_of(merged), info, __version__, recipe.shard_frames, size)
-    for name in store.names:
-        store.repair_progress(name)
     if store.load_index() is None:
         store.save_index(video.index.to_arrays(), video.index.time_base)
     frames = options.frames if options.frames is not None else np.arange(video.n_frames)

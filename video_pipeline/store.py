@@ -258,22 +258,6 @@ class VideoStore:
             self.group[f"_progress/{name}"][shard] = 1
         frames[start:stop] = done
 
-    def repair_progress(self, name: str) -> int:
-        """Set the shard flags of `name` whose frames are all durable (a kill between a shard's
-        `_frames` write and its `_progress` write leaves it unset); returns how many were set."""
-        if f"_progress/{name}" not in self.group:
-            return 0
-        done = self.done_frames(name)
-        progress = self.group[f"_progress/{name}"]
-        flags = progress[:]
-        repaired = 0
-        for shard in np.flatnonzero(flags == 0):
-            start, stop = shard_bounds(int(shard), self.shard_frames, self.n_frames)
-            if done[start:stop].all():
-                progress[int(shard)] = 1
-                repaired += 1
-        return repaired
-
     def clear(self, name: str, indices: np.ndarray | None = None) -> None:
         """Forget frames (all when `indices` is None) of `name` so they are recomputed (--overwrite)."""
         if name not in self.group:
