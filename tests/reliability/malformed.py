@@ -83,7 +83,7 @@ def recipes() -> list[tuple[str, bytes]]:
     add("missing dep", "dependency not given", expert("{type: normals/svd}"))
     add("missing dep", "wrong kind of dependency", expert("{type: normals/svd, deps: [rgb]}"))
     add("missing dep", "listed twice", expert("{type: map/vote, deps: [rgb, rgb]}"))
-    add("missing dep", "plugin type not loaded", expert("{type: test/brightness}"))
+    add("missing dep", "plugin type not loaded", expert("{type: test/never-registered}"))
     add("missing dep", "plugin file missing", recipe({"plugins": "[no_such_plugin.py]"}))
     # names
     for name in ["_private", "'a b'", "'a/b'", "'..'", "déjà", "next_frames", "zarr.json", "a" * 300, "123",
