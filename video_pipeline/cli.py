@@ -127,6 +127,12 @@ def cmd_consistency(args) -> int:
     return consistency_main(args)
 
 
+def cmd_analyze(args) -> int:
+    from video_pipeline.phgmae.analysis import main as analysis_main
+
+    return analysis_main(args)
+
+
 def cmd_bench(args) -> int:
     from video_pipeline.bench import bench
 
@@ -225,7 +231,33 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--batch-size", type=int, default=4)
     en.add_argument("--device")
     en.add_argument("--overwrite", action="store_true")
+    en.add_argument("--node", nargs="+", help="output nodes to predict (default: the checkpoint's outputs)")
+    en.add_argument("--min-confidence", type=float, help="pseudo-labels: keep pixels whose top probability reaches this")
+    en.add_argument("--fit-frames", nargs="+", metavar="A..B|I", help="frames with targets to learn per-pass weights on")
     en.set_defaults(func=cmd_ensemble)
+
+    an = sub.add_parser("analyze", help="modality importance, robustness curves, agreement of two modalities")
+    ans = an.add_subparsers(dest="analysis", required=True)
+    for kind, text in (("importance", "validation loss of each target with each input visible vs masked"),
+                       ("robustness", "target metric as the number of masked inputs grows")):
+        a = ans.add_parser(kind, help=text)
+        a.add_argument("checkpoint")
+        a.add_argument("store", nargs="+")
+        a.add_argument("-o", "--output", help="folder for the CSV, PNG and JSON (default: ./analysis_<ckpt>)")
+        a.add_argument("--frames", nargs="+", metavar="A..B|I")
+        a.add_argument("--masks", type=int, default=16, help="random masks (importance) or subsets per level")
+        a.add_argument("--ensemble-k", type=int, default=0, help="robustness: also score a K-pass ensemble")
+        a.add_argument("--seed", type=int, default=0)
+        a.add_argument("--batch-size", type=int, default=4)
+        a.add_argument("--device")
+        a.set_defaults(func=cmd_analyze)
+    ag = ans.add_parser("agreement", help="mIoU / pixel agreement (or mean abs diff) of two stored modalities")
+    ag.add_argument("store", nargs="+")
+    ag.add_argument("--prediction", required=True)
+    ag.add_argument("--target", required=True)
+    ag.add_argument("--frames", nargs="+", metavar="A..B|I")
+    ag.add_argument("--json", action="store_true")
+    ag.set_defaults(func=cmd_analyze)
 
     d = sub.add_parser("distill", help="distill an ensemble into an RGB-only student (config YAML)")
     d.add_argument("config")
