@@ -299,7 +299,7 @@ def write_robustness(result: Mapping, out: Path) -> tuple[Path, Path]:
         for kind, points in per.items():
             label = f"{node} single pass" if kind == "single" else f"{node} ensemble K={result['ensemble_k']}"
             series[label] = points
-    metric = result["rows"][0]["metric"] if result["rows"] else "metric"
+    metric = {"miou": "mIoU", "mean_abs_error": "mean absolute error"}[result["rows"][0]["metric"]]
     png = plot_curves(out / "robustness.png", f"{metric} as inputs go missing ({', '.join(result['free'])})",
                       series, xlabel="masked input modalities")
     return path, png
