@@ -57,11 +57,23 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LearnedMaskingConfig:
+    """masking.learned: per-node probabilities fit to the outputs' validation loss (guided.py)."""
+
+    every: int = 1      # update after every `every`-th epoch
+    masks: int = 2      # base masks of each estimate
+    rate: float = 0.5   # step size, in units of the mean target loss
+    min: float = 0.05
+    max: float = 0.95
+
+
+@dataclass(frozen=True)
 class MaskingConfig:
     probability: float | dict | None = None
     count: tuple[int, int] | None = None
     always_visible: list[str] = field(default_factory=list)
     never_visible: list[str] = field(default_factory=list)
+    learned: bool | dict | None = None  # load_config makes it a LearnedMaskingConfig, or None (off)
 
 
 @dataclass(frozen=True)
@@ -196,7 +208,13 @@ def load_config(path: str | Path) -> TrainConfig:
     model = cfg.model
     if model.parameters is None:
         model = dataclasses.replace(model, parameters=dict(DEFAULT_PARAMETERS[model.type]))
-    cfg = dataclasses.replace(cfg, path=path, model=model, losses=dataclasses.replace(cfg.losses, nodes=nodes))
+    learned = None  # `learned: true` is every default, false or null is off
+    if cfg.masking.learned is True or isinstance(cfg.masking.learned, dict):
+        spec = data["masking"]["learned"]
+        learned = parse_section(LearnedMaskingConfig, spec if isinstance(spec, dict) else None, "masking.learned",
+                                path, _line(data, "masking", "learned"))
+    cfg = dataclasses.replace(cfg, path=path, model=model, losses=dataclasses.replace(cfg.losses, nodes=nodes),
+                              masking=dataclasses.replace(cfg.masking, learned=learned))
     check_config(cfg, data)
     return cfg
 
@@ -287,6 +305,9 @@ def check_config(cfg: TrainConfig, data: LineDict) -> None:
         if spec.weight < 0 or spec.temperature <= 0:
             fail(("losses", "nodes", node), f"losses.nodes.{node}: weight must be >= 0 and temperature > 0")
 
+    if m.learned is not None:
+        check_learned(cfg, fail)
+
     for key in ("in_channels", "out_channels"):
         if key in cfg.model.parameters:
             fail(("model", "parameters", key), f"model.parameters.{key} is set by the trainer from the "
@@ -309,6 +330,39 @@ def check_config(cfg: TrainConfig, data: LineDict) -> None:
     if not monitor_ok(cfg.monitor, nodes):
         fail(("monitor",), f"monitor must be 'loss', '<node>.loss' or '<node>.miou' for a node of "
                            f"{nodes}, got {cfg.monitor!r}")
+
+
+def check_learned(cfg: TrainConfig, fail) -> None:
+    """masking.learned: its values, and a policy it can learn (free nodes, probabilities, targets)."""
+    m, learned = cfg.masking, cfg.masking.learned
+    if m.count is not None:
+        fail(("masking", "learned"), "masking.learned needs the probability policy; remove masking.count")
+    for key in ("every", "masks"):
+        if getattr(learned, key) < 1:
+            fail(("masking", "learned", key), f"masking.learned.{key} must be >= 1, got {getattr(learned, key)}")
+    if learned.rate <= 0:
+        fail(("masking", "learned", "rate"), f"masking.learned.rate must be > 0, got {learned.rate}")
+    if not 0 <= learned.min <= learned.max <= 1:
+        fail(("masking", "learned", "max" if 0 <= learned.min <= 1 else "min"),
+             f"masking.learned: min and max must satisfy 0 <= min <= max <= 1, got min {learned.min}, "
+             f"max {learned.max}")
+    policy = mask_policy(cfg)
+    if not policy.free:
+        fail(("masking", "learned"), "masking.learned needs a free node (neither always_visible, never_visible "
+                                     "nor an output) to learn a probability for")
+    for node in policy.free:
+        p = policy.node_probability(node)
+        if not learned.min <= p <= learned.max:
+            fail(("masking", "probability"), f"masking.probability of '{node}' is {p}, outside masking.learned "
+                                             f"[min, max] = [{learned.min}, {learned.max}]")
+    if not learned_targets(cfg):
+        fail(("masking", "learned"), "masking.learned lowers the outputs' validation loss: it needs data.outputs "
+                                     "with a loss weight > 0")
+
+
+def learned_targets(cfg: TrainConfig) -> list[str]:
+    """The nodes whose loss masking.learned lowers: the outputs with a loss weight > 0."""
+    return [n for n in cfg.data.outputs if (cfg.losses.nodes[n].weight if n in cfg.losses.nodes else 1.0) > 0]
 
 
 def monitor_ok(monitor: str, nodes: list[str]) -> bool:

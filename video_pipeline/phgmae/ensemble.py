@@ -61,7 +61,8 @@ DEFAULT_PROBABILITY = 0.5  # masking probability of checkpoints that do not reco
 @dataclass(frozen=True)
 class Loaded:
     """A checkpoint ready for inference: the model (eval mode, on its device), its node layout, the
-    training config it records ({} for checkpoints not made by `vre train`) and its file facts."""
+    training config it records ({} for checkpoints not made by `vre train`), its file facts, and
+    the masking probabilities training learned (masking.learned), if it did."""
 
     model: torch.nn.Module
     layout: NodeLayout
@@ -69,10 +70,13 @@ class Loaded:
     path: Path
     sha256: str
     device: torch.device
+    learned_masking: Mapping[str, float] | None = None
 
     @property
     def masking(self) -> Mapping:
-        return self.train.get("masking") or {}
+        """The training masking policy, with the learned probabilities in place of the initial ones."""
+        masking = self.train.get("masking") or {}
+        return {**masking, "probability": dict(self.learned_masking)} if self.learned_masking else masking
 
     def provenance(self) -> dict:
         return {"id": str(self.path), "sha256": self.sha256}
@@ -94,7 +98,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
         raise VreError(f"checkpoint {path}: {err}") from None
     device = torch.device(device)
     train = ckpt["hyper_parameters"]["cfg"].get("train") or {}
-    return Loaded(model.to(device).eval(), layout, train, path, file_sha256(path), device)
+    return Loaded(model.to(device).eval(), layout, train, path, file_sha256(path), device,
+                  ckpt.get("learned_masking"))
 
 
 def pick_device(name: str | None) -> torch.device:

@@ -3,7 +3,10 @@
 setup (config, device, output folder) -> resume from a checkpoint, or start fresh / from
 `model.init` -> data (two StoreDatasets: training crops, whole validation frames) -> model,
 optimizer, schedule -> per epoch: train, validate, log a line to metrics.jsonl, redraw the
-curves, save last.ckpt (and best.ckpt when the monitored value improved).
+curves, save last.ckpt (and best.ckpt when the monitored value improved). With
+`masking.learned`, every `every`-th epoch also measures each free node's effect on the outputs'
+validation loss and steps its masking probability (guided.py); the next epoch trains, and
+validates, with the new probabilities, and checkpoints carry them as `learned_masking`.
 
 Randomness: every epoch's shuffling, crops and masks are drawn from generators seeded with
 (seed, epoch), so a run resumed after epoch e draws exactly what the uninterrupted run drew, and
@@ -22,10 +25,11 @@ import numpy as np
 import torch
 
 from video_pipeline.errors import VreError
-from video_pipeline.phgmae.config import TrainConfig, load_config, mask_policy, parse_frames
+from video_pipeline.phgmae.config import TrainConfig, learned_targets, load_config, mask_policy, parse_frames
 from video_pipeline.phgmae.engine import (NodeLayout, StepSetup, dataset_statistics,
                                           evaluate, layout_from_dataset, lr_at, train_one_epoch,
                                           transfer_weights)
+from video_pipeline.phgmae.guided import masking_effect, update
 from video_pipeline.phgmae.losses import LossSpec
 from video_pipeline.phgmae.model import build_model, count_parameters, to_checkpoint
 from video_pipeline.phgmae.plots import plot_curves
@@ -87,6 +91,11 @@ def main(config_path: str | Path, resume: str | Path | None = None, device: str 
         scaler.load_state_dict(state["scaler"])
         epoch, step, best = int(state["epoch"]), int(state["global_step"]), state.get("best")
     setup = StepSetup(layout, mask_policy(cfg), specs, cfg.losses.masked_only, dev, amp_dtype)
+    guide = cfg.masking.learned
+    if guide is not None:  # the probabilities to learn: the configured ones, or where the checkpoint left them
+        probability = ({n: setup.policy.node_probability(n) for n in setup.policy.free} if state is None
+                       else dict(state["learned_masking"]))
+        setup.policy = dataclasses.replace(setup.policy, probability=probability)
     cfg_dict = layout.cfg(model_cfg, cfg.to_dict())
     log = out / "metrics.jsonl"
     truncate_log(log, epoch)
@@ -106,6 +115,13 @@ def main(config_path: str | Path, resume: str | Path | None = None, device: str 
         val = evaluate(model, eval_loader(val_ds, cfg, dev), setup,
                        torch.Generator().manual_seed(validation_seed(cfg.seed)),
                        prepare=val_ds.to_float if val_ds.compact else None)
+        effect = None
+        if guide is not None and (epoch + 1) % guide.every == 0:
+            effect = masking_effect(model, eval_loader(val_ds, cfg, dev), setup, learned_targets(cfg), guide.masks,
+                                    torch.Generator().manual_seed(effect_seed(cfg.seed, epoch)),
+                                    prepare=val_ds.to_float if val_ds.compact else None)
+            setup.policy = dataclasses.replace(setup.policy, probability=update(
+                setup.policy.probability, effect.effect, effect.loss, guide.rate, guide.min, guide.max))
         epoch += 1
         value = monitored(val, cfg.monitor)
         improved = value is not None and (best is None or (value > best if cfg.monitor.endswith(".miou")
@@ -114,10 +130,15 @@ def main(config_path: str | Path, resume: str | Path | None = None, device: str 
         record = {"epoch": epoch, "step": step, "lr": lr_at(step - 1, total_steps, cfg.optimizer.lr, cfg.schedule),
                   "train": {"loss": train["loss"], "nodes": train["nodes"]}, "validation": val,
                   "monitor": cfg.monitor, "best": best, **throughput(train), "device": str(dev)}
+        if guide is not None:  # the probabilities after this epoch's update: what the next epoch uses
+            record["masking"] = dict(setup.policy.probability)
+        if effect is not None:
+            record["masking_effect"] = effect.effect
         with log.open("a") as f:
             f.write(json.dumps(record) + "\n")
         ckpt = to_checkpoint(model, cfg_dict, layout.statistics, epoch=epoch, global_step=step, best=best,
-                             optimizer=optimizer.state_dict(), scaler=scaler.state_dict())
+                             optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                             **({"learned_masking": record["masking"]} if guide is not None else {}))
         # best before last: last.ckpt says the epoch is done, so a crash between the two must not
         # leave this epoch's best.ckpt unwritten (the resumed run redoes the epoch instead)
         if improved:
@@ -264,6 +285,12 @@ def epoch_seeds(seed: int, epoch: int) -> tuple[int, int, int]:
     return tuple(int(s) for s in np.random.SeedSequence([seed, epoch]).generate_state(3))
 
 
+def effect_seed(seed: int, epoch: int) -> int:
+    """Seed of the base masks of epoch `epoch`'s masking.learned estimate: the 4th word of the
+    epoch's seed stream (its first three are `epoch_seeds`)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(4)[3])
+
+
 def validation_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 2 ** 31]).generate_state(1)[0])
 
@@ -347,5 +374,7 @@ def epoch_line(r: dict, epochs: int, improved: bool) -> str:
     for node, m in r["validation"]["nodes"].items():
         if m.get("miou") is not None:
             parts.append(f"{node} mIoU {m['miou']:.3f}")
+    if "masking" in r:
+        parts.append("masking " + " ".join(f"{n} {p:.2f}" for n, p in r["masking"].items()))
     parts += [f"{r['samples_per_s']:.1f} samples/s", f"data wait {r['data_wait_share']:.0%}"]
     return "  ".join(parts) + ("  (best)" if improved else "")
