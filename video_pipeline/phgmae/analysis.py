@@ -30,6 +30,7 @@ from video_pipeline.errors import VreError
 from video_pipeline.phgmae.engine import node_targets, target_labels
 from video_pipeline.phgmae.ensemble import (Loaded, Plan, ensemble_masks, ensemble_policy, frame_batches, is_class,
                                             load, pick_device, predict, run_passes, select_positions, to_values)
+from video_pipeline.phgmae.guided import paired_masks
 from video_pipeline.phgmae.losses import LossSpec, node_loss
 from video_pipeline.phgmae.masking import sample_mask
 from video_pipeline.phgmae.metrics import ClassMetrics, iou_f1
@@ -95,16 +96,7 @@ def importance(loaded: Loaded, paths: Sequence[Path], frames=None, masks: int = 
                        f"among those in the stores ({', '.join(have)})")
     col = {n: i for i, n in enumerate(layout.names)}
     base = sample_mask(masks, policy, torch.Generator().manual_seed(seed))               # [R, M]
-    variants, meta = [], []                                # meta: (base row, input index, masked?)
-    for r in range(masks):
-        for f, m in enumerate(inputs):
-            for hidden in (False, True):
-                row = base[r].clone()
-                row[col[m]] = hidden
-                variants.append(row)
-                meta.append((r, f, int(hidden)))
-    # many variants coincide (flipping a node the base mask already has that way): run each once
-    unique, inverse = torch.unique(torch.stack(variants), dim=0, return_inverse=True)
+    unique, index = paired_masks(base, [col[m] for m in inputs])                     # [U, M], [R, F, 2]
     specs = loss_specs(loaded)
     num = np.zeros((len(targets), len(inputs), 2))
     den = np.zeros((len(targets), len(inputs), 2))
@@ -120,11 +112,11 @@ def importance(loaded: Loaded, paths: Sequence[Path], frames=None, masks: int = 
                     if unique[start + j, col[n]]:
                         value, weight = node_loss(specs[n], raw[n][j], truth[n], present[:, col[n]])
                         losses[(start + j, t)] = (float(value) * float(weight), float(weight))
-        for (r, f, hidden), u in zip(meta, inverse.tolist()):
+        for (r, f, hidden), u in np.ndenumerate(index.numpy()):
             for t, n in enumerate(targets):
                 if n == inputs[f] or not base[r, col[n]]:
                     continue  # n must be hidden in both variants for its loss to count
-                total, weight = losses[(u, t)]
+                total, weight = losses[(int(u), t)]
                 num[t, f, hidden] += total
                 den[t, f, hidden] += weight
                 count[t, f] += int(present[:, col[n]].sum()) if hidden else 0
