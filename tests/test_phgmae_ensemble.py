@@ -338,3 +338,45 @@ def test_node_min_confidence_and_fit_frames(setup):
     assert depth.shape == (6, 16, 24, 1) and dict(depth.attrs)["kind"] == "depth"
     assert dict(depth.attrs)["params"]["available"] == ["rgb"]          # a predicted node is never shown
     assert dict(s.array("depth_guess_uncertainty").attrs)["measure"] == "variance"
+
+
+def test_confident_pseudo_labels_train_the_next_round(tmp_path):
+    """The semi-supervised round of docs/training.md: an ensemble with --min-confidence writes NaN
+    on unsure pixels, and a `vre train` naming that modality as its target trains on the rest (a NaN
+    reaching the KL loss would stop the run with a non-finite loss)."""
+    import json
+
+    store = small_store(tmp_path / "s.zarr", n=6, size=(16, 24))
+    ckpt = tiny_checkpoint(tmp_path / "round1.ckpt")
+    assert vre_main(["ensemble", str(ckpt), str(store), "-k", "3", "--name", "plain", "--device", "cpu"]) == 0
+    top = VideoStore.open(store).read("plain", np.arange(6)).astype(np.float32).max(-1)
+    assert vre_main(["ensemble", str(ckpt), str(store), "-k", "3", "--name", "pseudo",
+                     "--min-confidence", str(float(np.median(top))), "--device", "cpu"]) == 0
+    probs = VideoStore.open(store).read("pseudo", np.arange(6)).astype(np.float32)
+    blank = np.isnan(probs).all(-1)
+    assert 0 < blank.mean() < 1, "the threshold must blank some pixels and keep others"
+    config = tmp_path / "round2.yaml"
+    config.write_text(f"""\
+output: {tmp_path / 'round2'}
+seed: 0
+epochs: 2
+batch_size: 2
+steps_per_epoch: 2
+data:
+  train: {{stores: [{store}], frames: 0..4}}
+  validation: {{stores: [{store}], frames: 4..6}}
+  inputs: [rgb, depth]
+  outputs: [semantic_output]
+  modalities: {{semantic_output: pseudo}}
+  num_workers: 0
+model: {{parameters: {{num_filters: 2}}}}
+masking: {{probability: 0.5, always_visible: [rgb]}}
+losses: {{nodes: {{semantic_output: {{type: kl, temperature: 1}}}}}}
+optimizer: {{lr: 0.01}}
+""")
+    assert vre_main(["train", str(config), "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "round2" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        assert math.isfinite(r["train"]["loss"]) and r["train"]["loss"] > 0
+        assert math.isfinite(r["validation"]["nodes"]["semantic_output"]["loss"])
