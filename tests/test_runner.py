@@ -225,3 +225,37 @@ def test_missing_weights_fail_before_decoding_but_do_not_block_other_experts(tmp
     assert "rgb" not in zarr.open_group(str(out), mode="r")  # nothing computed, nothing decoded
     run(recipe, clip, out, RunOptions(progress=False, only=("rgb",)))
     assert zarr.open_group(str(out), mode="r")["_progress/rgb"][:].all()
+
+
+def test_the_same_weights_named_another_way_keep_the_stored_data(tmp_path):
+    """A recipe that names the stored weights by another path (relative vs absolute, a copy) is the
+    same recipe: nothing is recomputed. Different bytes under the same name are refused."""
+    import shutil
+
+    import torch
+
+    from conftest import shared_path
+    from video_pipeline.synth import make_clip
+
+    released = shared_path("weights", "phgmae_distil_safeuav_430k.ckpt")
+    clip = make_clip(tmp_path / "clip.mp4", n_frames=2, size=(48, 64))
+    (tmp_path / "w").mkdir()
+    shutil.copy(released, tmp_path / "w" / "distil.ckpt")
+    first = tmp_path / "a.yaml"
+    first.write_text("experts:\n  semantic: {type: semantic/phgmae-distil, weights: w/distil.ckpt}\n")
+    out = tmp_path / "s.zarr"
+    assert run(load_recipe(first), clip, out, RunOptions(progress=False, device="cpu")).frames == 2
+    (tmp_path / "elsewhere").mkdir()
+    moved = tmp_path / "elsewhere" / "b.yaml"
+    moved.write_text(f"experts:\n  semantic: {{type: semantic/phgmae-distil, weights: {released}}}\n")
+    assert run(load_recipe(moved), clip, out, RunOptions(progress=False, device="cpu")).frames == 0
+    stored = zarr.open_group(str(out), mode="r").attrs["video_pipeline"]["recipe"]["experts"]["semantic"]
+    assert stored["weights"] == "w/distil.ckpt"  # the provenance of the data as it was made
+
+    ckpt = torch.load(released, map_location="cpu", weights_only=True)
+    key = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point())
+    ckpt["state_dict"][key] = ckpt["state_dict"][key] + 1
+    torch.save(ckpt, tmp_path / "elsewhere" / "other.ckpt")
+    moved.write_text("experts:\n  semantic: {type: semantic/phgmae-distil, weights: other.ckpt}\n")
+    with pytest.raises(StoreError, match=r"expert 'semantic' is stored with a different recipe \(weights"):
+        run(load_recipe(moved), clip, out, RunOptions(progress=False, device="cpu"))

@@ -362,6 +362,22 @@ class StoreLock:
         os.close(self.fd)
 
 
+def same_weights(spec: ExpertSpec, recipe: Recipe, store: VideoStore) -> bool:
+    """Whether the weights `spec` names are byte for byte those its stored array was made with: a
+    recipe may name one file differently (relative or absolute, a moved recipe, a copy elsewhere)."""
+    if spec.weights is None or spec.name not in store.names:
+        return False
+    from video_pipeline import weights as weights_mod
+
+    made_with = (dict(store.array(spec.name).attrs).get("weights") or {}).get("sha256")
+    if not made_with:
+        return False
+    try:
+        return weights_mod.resolve(spec.weights, expert=spec.name, base_dir=recipe.path.parent).sha256 == made_with
+    except VreError:
+        return False
+
+
 def reconcile(recipe: Recipe, store: VideoStore, video_info: dict, size: tuple[int, int],
               overwrite_names: set[str]) -> dict:
     """Check the recipe against what the store holds; return the merged recipe dict to record.
@@ -390,6 +406,9 @@ def reconcile(recipe: Recipe, store: VideoStore, video_info: dict, size: tuple[i
         if old is None or old == ident or name in overwrite_names:
             continue
         diff = [k for k in ident if ident[k] != old.get(k)]
+        if diff == ["weights"] and same_weights(recipe.experts[name], recipe, store):
+            new["experts"][name] = old  # the same file named another way: the stored data stands
+            continue
         raise StoreError(f"{where}: expert '{name}' is stored with a different recipe ("
                          + ", ".join(f"{k}: {old.get(k)!r} -> {ident[k]!r}" for k in diff)
                          + "); rerun with --overwrite --only " + name + " or use another -o")
