@@ -17,9 +17,10 @@ from video_pipeline.errors import VreError
 
 def cmd_run(args) -> int:
     from video_pipeline.recipe import load_recipe
-    from video_pipeline.runner import RunOptions, run
+    from video_pipeline.runner import RunOptions, few_malloc_arenas, run
     from video_pipeline.video import Video, parse_frames
 
+    few_malloc_arenas()
     recipe = load_recipe(args.recipe)
     if len(args.video) > 1 and args.output:
         raise VreError("-o names one store; with several videos, omit it (each gets <stem>.zarr)")
@@ -135,7 +136,9 @@ def cmd_analyze(args) -> int:
 
 def cmd_bench(args) -> int:
     from video_pipeline.bench import bench
+    from video_pipeline.runner import few_malloc_arenas
 
+    few_malloc_arenas()
     print(bench(args.recipe, args.video, frames=args.frames, device=args.device,
                 workers=args.workers, keep=args.keep, as_json=args.json))
     return 0

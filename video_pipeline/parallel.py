@@ -36,7 +36,7 @@ import zarr
 from video_pipeline import errors, registry
 from video_pipeline.errors import DecodeError, RecipeError, VreError, WeightsError
 from video_pipeline.recipe import Recipe, load_recipe
-from video_pipeline.runner import (Prepared, RunOptions, RunStats, StoreLock, Unit, _execute,
+from video_pipeline.runner import (Prepared, RunOptions, RunStats, StoreLock, Unit, _execute, few_malloc_arenas,
                                    _progress_bar, load_experts, open_video, prepare,
                                    resolve_weights)
 from video_pipeline.store import VideoStore
@@ -140,6 +140,7 @@ class Worker:
     the opened stores and videos. Runs in a spawned process or as a Ray actor."""
 
     def __init__(self, spec: WorkerSpec, targets: Sequence[Target], slot: int = 0):
+        few_malloc_arenas()
         self.spec, self.targets, self.slot = spec, list(targets), slot
         self.recipe: Recipe | None = None
         self.experts: dict = {}

@@ -11,8 +11,10 @@ Where a frame goes:
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -360,6 +362,22 @@ class StoreLock:
     def __exit__(self, *exc):
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
+
+
+def few_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas for this process, unless MALLOC_ARENA_MAX says otherwise.
+
+    glibc gives threads their own arenas; with the decoder, writer and Blosc threads handing frame
+    buffers to each other, freed memory stays scattered over them and the peak resident size grows
+    with the video's length (cpu-fast recipe, 300 vs 3000 frames: +18%). With two arenas it stays
+    flat (+5%) at no measured speed cost. A no-op off Linux or off glibc.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
 
 
 def same_weights(spec: ExpertSpec, recipe: Recipe, store: VideoStore) -> bool:
