@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_phgmae_train import one_thread, records, write_store  # noqa: F401 (one_thread: autouse)
+from tests.test_phgmae_train import (interrupt_then_resume, one_thread, records,  # noqa: F401 (autouse)
+                                     write_store)
 from video_pipeline.errors import RecipeError
 from video_pipeline.phgmae import ensemble as ens
 from video_pipeline.phgmae import train as train_mod
@@ -171,18 +172,7 @@ def test_the_informative_input_is_masked_less_and_the_noise_more(learned_run, ca
 
 def test_resume_with_learned_masking_equals_an_uninterrupted_run(learned_run, store, tmp_path, monkeypatch):
     cut = write_config(tmp_path, store, output="cut")
-    real_draw = train_mod.draw_curves
-
-    def interrupt_after_epoch_2(log, out):
-        real_draw(log, out)
-        if len(records(out)) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "draw_curves", interrupt_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.main(cut)
-    monkeypatch.setattr(train_mod, "draw_curves", real_draw)
-    assert train_mod.main(cut) == 0
+    interrupt_then_resume(cut, monkeypatch)
     a = torch.load(learned_run / "run" / "last.ckpt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 4 and a["learned_masking"] == b["learned_masking"]

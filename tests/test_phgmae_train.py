@@ -109,6 +109,23 @@ def write_config(folder: Path, store: Path, epochs: int, crop="null", schedule="
     return path
 
 
+def interrupt_then_resume(config: Path, monkeypatch) -> None:
+    """Train `config`, stopped (KeyboardInterrupt) right after its 2nd epoch is saved, then run it
+    again, which picks up its last.ckpt by itself."""
+    real_draw = train_mod.draw_curves
+
+    def interrupt_after_epoch_2(log, out):
+        real_draw(log, out)
+        if len(records(out)) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "draw_curves", interrupt_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.main(config)
+    monkeypatch.setattr(train_mod, "draw_curves", real_draw)
+    assert train_mod.main(config) == 0
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     return synthetic_store(tmp_path_factory.mktemp("phgmae") / "syn.zarr")
@@ -229,18 +246,7 @@ def test_resume_equals_an_uninterrupted_run(store, tmp_path, monkeypatch):
     full = write_config(tmp_path, store, epochs=4, crop="[24, 32]", schedule="cosine", output="full")
     assert train_mod.main(full) == 0
     cut = write_config(tmp_path, store, epochs=4, crop="[24, 32]", schedule="cosine", output="cut")
-    real_draw = train_mod.draw_curves
-
-    def interrupt_after_epoch_2(log, out):
-        real_draw(log, out)
-        if len(records(out)) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "draw_curves", interrupt_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.main(cut)
-    monkeypatch.setattr(train_mod, "draw_curves", real_draw)
-    assert train_mod.main(cut) == 0  # picks up cut/last.ckpt by itself
+    interrupt_then_resume(cut, monkeypatch)
     a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 4 and a["global_step"] == b["global_step"] == 16
