@@ -130,8 +130,11 @@ def logged_pids(log: Path) -> dict[int, int]:
 def kill_midway(cmd: list[str], flags: Path, n_shards: int, sig: int) -> tuple[int, str]:
     """Run `vre` `cmd`, send it `sig` once some but not all shards of `flags` are durable;
     returns (exit status, stderr)."""
+    # SIGINT back to its default in the child: a test run started in the background (`cmd &`)
+    # inherits it ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, "-m", "video_pipeline.cli", *cmd],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if flags.exists() and 1 <= len(list(flags.rglob("c/*"))) < n_shards:
