@@ -57,3 +57,34 @@ def vre(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: f
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "video_pipeline.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny models run fastest that way, and two threads fight over
+    a busy 2-core runner. Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_store(path: Path, arrays: dict, shard_frames: int = 4) -> Path:
+    """A store of {name: (data [T, H, W, C], attrs)}, every frame done."""
+    import numpy as np
+
+    from video_pipeline.store import ArraySpec, VideoStore
+
+    n, h, w = next(iter(arrays.values()))[0].shape[:3]
+    store = VideoStore.open(path, "w")
+    store.init_meta({"experts": {}}, "test", {"path": "synthetic", "n_frames": n, "fps": 1.0, "height": h,
+                                              "width": w}, "test", shard_frames, (h, w))
+    for name, (data, attrs) in arrays.items():
+        store.ensure_array(ArraySpec(name, data.shape[-1], str(data.dtype), attrs), h, w)
+        for a in range(0, n, shard_frames):
+            idx = np.arange(a, min(a + shard_frames, n))
+            store.write_frames(name, idx, data[idx])
+            store.mark_done(name, idx)
+    return path

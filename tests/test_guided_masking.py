@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_phgmae_train import (interrupt_then_resume, one_thread, records,  # noqa: F401 (autouse)
-                                     write_store)
+from tests.conftest import write_store
+from tests.test_phgmae_train import interrupt_then_resume, records
 from video_pipeline.errors import RecipeError
 from video_pipeline.phgmae import ensemble as ens
 from video_pipeline.phgmae import train as train_mod
 from video_pipeline.phgmae.config import LearnedMaskingConfig, load_config
 from video_pipeline.phgmae.guided import paired_masks, update
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 CLASSES = ["low", "mid", "high"]
 

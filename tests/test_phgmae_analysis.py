@@ -13,10 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_phgmae_ensemble import CLASSES, PALETTE, write_store
+from tests.conftest import write_store
+from tests.test_phgmae_ensemble import CLASSES, PALETTE
 from video_pipeline.errors import VreError
 from video_pipeline.phgmae import analysis
 from video_pipeline.phgmae.ensemble import load
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 COLOURS = np.array([[60, 140, 50], [40, 60, 160], [150, 150, 150], [120, 200, 230]], np.float32)
 
@@ -40,14 +43,6 @@ masking:
 optimizer: {{lr: 0.02}}
 schedule: {{type: constant, warmup_steps: 2}}
 """
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def informative_store(path: Path, n: int = 12, size=(24, 32), seed: int = 0) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_phgmae_ensemble import write_store
+from tests.conftest import write_store
 from video_pipeline.cli import main as vre_main
 from video_pipeline.errors import VreError
 from video_pipeline.phgmae.consistency import consistency, follow

@@ -10,13 +10,15 @@ import pytest
 import torch
 
 from experts.semantic import DRONESCAPES_CLASSES, DRONESCAPES_PALETTE, PhgmaeDistil
-from tests.test_phgmae_ensemble import write_store
+from tests.conftest import write_store
 from video_pipeline.cli import main as vre_main
 from video_pipeline.errors import RecipeError
 from video_pipeline.phgmae.distill import load_distill_config
 from video_pipeline.phgmae.model import model_from_checkpoint
 from video_pipeline.store import VideoStore
 from video_pipeline.weights import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 CONFIG = """\
 output: student
@@ -35,14 +37,6 @@ epochs: 16
 batch_size: 4
 steps_per_epoch: 4
 """
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def colours(k: int) -> np.ndarray:

@@ -9,42 +9,21 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import write_store
 from video_pipeline.cli import main as vre_main
 from video_pipeline.errors import VreError
 from video_pipeline.phgmae import ensemble as ens
 from video_pipeline.phgmae.engine import Node, NodeLayout, apply_mask
 from video_pipeline.phgmae.model import build_model, to_checkpoint
-from video_pipeline.store import ArraySpec, VideoStore
+from video_pipeline.store import VideoStore
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 CLASSES = ["land", "water", "road", "sky"]
 PALETTE = [[0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 255, 255]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (two threads fight over a busy 2-core runner)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------------------- helpers
-def write_store(path: Path, arrays: dict, shard_frames: int = 4) -> Path:
-    """A store of {name: (data [T, H, W, C], attrs)}, every frame done."""
-    n, h, w = next(iter(arrays.values()))[0].shape[:3]
-    store = VideoStore.open(path, "w")
-    store.init_meta({"experts": {}}, "test", {"path": "synthetic", "n_frames": n, "fps": 1.0, "height": h,
-                                              "width": w}, "test", shard_frames, (h, w))
-    for name, (data, attrs) in arrays.items():
-        store.ensure_array(ArraySpec(name, data.shape[-1], str(data.dtype), attrs), h, w)
-        for a in range(0, n, shard_frames):
-            idx = np.arange(a, min(a + shard_frames, n))
-            store.write_frames(name, idx, data[idx])
-            store.mark_done(name, idx)
-    return path
-
-
 def small_store(path: Path, n: int = 6, size=(16, 24), seed: int = 0) -> Path:
     """rgb, depth and a 4-class semantic map of random blocks."""
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import shared_path
+from tests.conftest import shared_path, write_store
 from video_pipeline.errors import RecipeError, VreError
 from video_pipeline.phgmae import train as train_mod
 from video_pipeline.phgmae.config import ScheduleConfig, load_config
@@ -21,37 +21,14 @@ from video_pipeline.phgmae.engine import (NodeLayout, StepSetup, TrainingError, 
 from video_pipeline.phgmae.losses import LossSpec
 from video_pipeline.phgmae.masking import MaskPolicy
 from video_pipeline.phgmae.model import build_model, model_from_checkpoint, to_checkpoint
-from video_pipeline.store import ArraySpec, VideoStore
 from video_pipeline.weights import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 CLASSES = ["land", "water", "road", "sky"]
 PALETTE = [[0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 255, 255]]
 COLOURS = np.array([[60, 140, 50], [40, 60, 160], [150, 150, 150], [120, 200, 230]], np.float32)
 TIMING = ("samples_per_s", "data_wait_share", "epoch_seconds")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and two threads fight over a busy 2-core runner)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def write_store(path: Path, arrays: dict, shard_frames: int = 4) -> Path:
-    """A store of {name: (data [T, H, W, C], attrs)}, every frame done."""
-    n, h, w = next(iter(arrays.values()))[0].shape[:3]
-    store = VideoStore.open(path, "w")
-    store.init_meta({"experts": {}}, "test", {"path": "synthetic", "n_frames": n, "fps": 1.0, "height": h,
-                                              "width": w}, "test", shard_frames, (h, w))
-    for name, (data, attrs) in arrays.items():
-        store.ensure_array(ArraySpec(name, data.shape[-1], str(data.dtype), attrs), h, w)
-        for a in range(0, n, shard_frames):
-            idx = np.arange(a, min(a + shard_frames, n))
-            store.write_frames(name, idx, data[idx])
-            store.mark_done(name, idx)
-    return path
 
 
 def synthetic_store(path: Path, n: int = 8, size=(32, 48), seed: int = 0) -> Path:
