@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
 
 from conftest import vre
 from video_pipeline import registry
@@ -32,3 +37,33 @@ def test_demo_makes_a_clip_and_a_store_then_inspect_reads_it(tmp_path):
     assert all(m["frames_done"] == 48 for m in info["modalities"].values())
     missing = vre("inspect", str(tmp_path / "nope.zarr"))
     assert missing.returncode != 0 and "not a video-pipeline store" in missing.stderr
+
+
+OPEN_WITH_XARRAY = textwrap.dedent("""
+    import sys, warnings
+    import numpy as np, xarray as xr
+    warnings.simplefilter("ignore")
+    ds = xr.open_zarr(sys.argv[1])
+    assert not any(m.startswith(("video_pipeline", "experts")) for m in sys.modules), "package imported"
+    print(sorted(ds.data_vars), dict(ds.sizes))
+    flow = ds["flow"].values
+    assert flow.shape == (48, 180, 320, 2) and not np.isnan(flow).all()
+""")
+
+
+def test_a_demo_store_opens_as_one_xarray_dataset_without_this_package(tmp_path):
+    pytest.importorskip("xarray")
+    assert vre("demo", "-o", str(tmp_path)).returncode == 0
+    store = tmp_path / "demo.zarr"
+    r = subprocess.run([sys.executable, "-c", OPEN_WITH_XARRAY, str(store)], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "['edges', 'flow', 'hsv', 'rgb']" in r.stdout and "'flow_channel': 2" in r.stdout
+    # a store written before per-modality channel names (every array's last axis `channel`) still
+    # opens with this package's tools
+    meta = store / "hsv" / "zarr.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "dimension_names": ["frame", "y", "x", "channel"]}))
+    info = json.loads(vre("inspect", str(store), "--json").stdout)
+    assert info["modalities"]["hsv"]["frames_done"] == 48
+    r = vre("preview", str(store), "-o", str(tmp_path / "p.png"), "--frames", "3")
+    assert r.returncode == 0, r.stderr

@@ -54,7 +54,7 @@ def test_store_layout_and_in_memory_handoff(tmp_path, clip):
     rgb = root["rgb"]
     assert rgb.shape == (48, 180, 320, 3) and rgb.dtype == np.uint8
     assert rgb.chunks == (1, 180, 320, 3) and rgb.shards == (8, 180, 320, 3)
-    assert rgb.metadata.dimension_names == ("frame", "y", "x", "channel")
+    assert rgb.metadata.dimension_names == ("frame", "y", "x", "rgb_channel")
     assert root["bright"].dtype == np.float16
     assert root["plus"].attrs["deps"] == ["bright"] and root["plus"].attrs["type"] == "test/plus-one"
     np.testing.assert_allclose(root["plus"][:].astype(np.float32),
@@ -62,11 +62,10 @@ def test_store_layout_and_in_memory_handoff(tmp_path, clip):
     assert root["_progress/rgb"][:].tolist() == [1] * 6
     # rgb is the decoded video
     np.testing.assert_array_equal(rgb[5], Video.open(clip).read([5])[0])
-    # plain xarray reads it without this package's help (modalities sharing a channel count at
-    # once: xarray requires one length per dimension name)
+    # plain xarray reads the whole store as one Dataset: each modality has its own channel dimension
     xr = pytest.importorskip("xarray")
-    ds = xr.open_zarr(str(out), consolidated=False, drop_variables=["bright", "plus"])
-    assert ds["hsv"].dims == ("frame", "y", "x", "channel")
+    ds = xr.open_zarr(str(out), consolidated=False)
+    assert ds["hsv"].dims == ("frame", "y", "x", "hsv_channel") and ds.sizes["plus_channel"] == 1
     np.testing.assert_array_equal(ds["rgb"][5].values, rgb[5])
     da = pytest.importorskip("dask.array")
     assert da.from_zarr(str(out), component="plus").shape == (48, 180, 320, 1)

@@ -3,8 +3,11 @@
 Layout (design contract):
     <video>.zarr/
       attrs["video_pipeline"]   {schema_version, version, recipe, recipe_sha256, video, created}
-      <name>                    [T, H, W, C], dimension_names (frame, y, x, channel), chunk = 1 frame,
-                                shard = shard_frames frames, Blosc zstd; attrs: provenance
+      <name>                    [T, H, W, C], dimension_names (frame, y, x, <name>_channel), chunk =
+                                1 frame, shard = shard_frames frames, Blosc zstd; attrs: provenance.
+                                One channel dimension per modality, so `xarray.open_zarr(store)`
+                                opens the whole store as one Dataset (stores written before name
+                                it `channel`; nothing here reads dimension names, so they still open)
       _progress/<name>          uint8 [n_shards]: 1 once that shard is fully computed and durable
       _frames/<name>            uint8 [T]: 1 once that frame is durable (frame-subset runs fill
                                 single frames; a shard's flag is set when all its frames are done)
@@ -50,6 +53,12 @@ def compressor(clevel: int = 1) -> BloscCodec:
     while levels >= 3 cost 3x the time; labels and masks compress >20x already at level 1.
     """
     return BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle")
+
+
+def dimension_names(name: str) -> tuple[str, str, str, str]:
+    """zarr dimension names of modality `name`: its channel axis is its own (`<name>_channel`), since
+    modalities differ in channel count and xarray requires one length per dimension name."""
+    return ("frame", "y", "x", f"{name}_channel")
 
 
 @dataclass(frozen=True)
@@ -228,7 +237,7 @@ class VideoStore:
                 arr = self.group.create_array(
                     spec.name, shape=shape, dtype=spec.dtype, chunks=(1, height, width, spec.channels),
                     shards=(sf, height, width, spec.channels), compressors=compressor(),
-                    fill_value=spec.fill_value, dimension_names=("frame", "y", "x", "channel"))
+                    fill_value=spec.fill_value, dimension_names=dimension_names(spec.name))
             arr.attrs.put(json.loads(json.dumps(dict(spec.attrs))))
             for flags, length, chunk in (("_progress", self.n_shards, 1), ("_frames", n, sf)):
                 key = f"{flags}/{spec.name}"
