@@ -10,10 +10,11 @@ import torch
 from tests.conftest import write_store
 from tests.test_phgmae_train import interrupt_then_resume, records
 from video_pipeline.errors import RecipeError
-from video_pipeline.phgmae import ensemble as ens
+from video_pipeline.phgmae import inference as inf
 from video_pipeline.phgmae import train as train_mod
 from video_pipeline.phgmae.config import LearnedMaskingConfig, load_config
-from video_pipeline.phgmae.guided import paired_masks, update
+from video_pipeline.phgmae.guided import update
+from video_pipeline.phgmae.masking import paired_masks
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
@@ -186,13 +187,13 @@ def test_resume_with_learned_masking_equals_an_uninterrupted_run(learned_run, st
 
 
 def test_an_ensemble_of_the_checkpoint_uses_the_learned_probabilities(learned_run):
-    loaded = ens.load(learned_run / "run" / "last.ckpt")
+    loaded = inf.load(learned_run / "run" / "last.ckpt")
     learned = torch.load(learned_run / "run" / "last.ckpt", weights_only=True)["learned_masking"]
     assert loaded.masking["probability"] == learned and loaded.train["masking"]["probability"] == 0.5
-    policy = ens.ensemble_policy(loaded.layout, [], loaded.masking)
+    policy = inf.ensemble_policy(loaded.layout, [], loaded.masking)
     assert {n: policy.node_probability(n) for n in policy.free} == learned
     # the passes are drawn with those probabilities: over many, each input is hidden about that often
-    masks = ens.ensemble_masks(policy, 4001, seed=0)[1:]
+    masks = inf.ensemble_masks(policy, 4001, seed=0)[1:]
     hidden = masks.float().mean(0)
     both = learned["signal"] * learned["noise"]
     for node, p in learned.items():

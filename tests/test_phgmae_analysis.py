@@ -17,7 +17,7 @@ from tests.conftest import write_store
 from tests.test_phgmae_ensemble import CLASSES, PALETTE
 from video_pipeline.errors import VreError
 from video_pipeline.phgmae import analysis
-from video_pipeline.phgmae.ensemble import load
+from video_pipeline.phgmae.inference import load
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 

@@ -13,6 +13,7 @@ from tests.conftest import write_store
 from video_pipeline.cli import main as vre_main
 from video_pipeline.errors import VreError
 from video_pipeline.phgmae import ensemble as ens
+from video_pipeline.phgmae import inference as inf
 from video_pipeline.phgmae.engine import Node, NodeLayout, apply_mask
 from video_pipeline.phgmae.model import build_model, to_checkpoint
 from video_pipeline.store import VideoStore
@@ -75,8 +76,8 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
 def test_every_mask_hides_the_unavailable_nodes_and_the_outputs(masking, hidden):
     extra = (Node("edges", "regression", 1, "edges"), Node("hsv", "regression", 3, "hsv"))
     layout = layout_of(extra_inputs=extra)
-    policy = ens.ensemble_policy(layout, hidden, masking)
-    masks = ens.ensemble_masks(policy, 64, seed=3)
+    policy = inf.ensemble_policy(layout, hidden, masking)
+    masks = inf.ensemble_masks(policy, 64, seed=3)
     names = layout.names
     assert masks.shape == (64, len(names)) and masks.dtype == torch.bool
     must_hide = [names.index(n) for n in [*hidden, "semantic_output"]]
@@ -88,19 +89,19 @@ def test_every_mask_hides_the_unavailable_nodes_and_the_outputs(masking, hidden)
         assert masks[1:, free].any() and (~masks[1:, free]).any()            # the others vary
     if masking.get("always_visible") and "rgb" not in hidden:
         assert not masks[:, names.index("rgb")].any()
-    assert torch.equal(masks, ens.ensemble_masks(policy, 64, seed=3))       # seeded
+    assert torch.equal(masks, inf.ensemble_masks(policy, 64, seed=3))       # seeded
 
 
 def test_nothing_available_is_an_error():
     with pytest.raises(VreError, match="no input node is available"):
-        ens.ensemble_policy(layout_of(), ["rgb", "depth"], {"probability": 0.5})
+        inf.ensemble_policy(layout_of(), ["rgb", "depth"], {"probability": 0.5})
     with pytest.raises(VreError, match="-k must be at least 1"):
-        ens.ensemble_masks(ens.ensemble_policy(layout_of(), [], {}), 0, 0)
+        inf.ensemble_masks(inf.ensemble_policy(layout_of(), [], {}), 0, 0)
 
 
 def test_available_names_nodes_or_modalities_and_drops_what_stores_lack(setup, tmp_path):
     store, ckpt = setup
-    loaded = ens.load(ckpt)
+    loaded = inf.load(ckpt)
     opened = [VideoStore.open(store)]
     assert ens.make_plan(loaded, opened, None, 4, "mean", 0).available == ("rgb", "depth")
     assert ens.make_plan(loaded, opened, None, 4, "mean", 0, available=["rgb"]).available == ("rgb",)
@@ -244,7 +245,7 @@ def test_single_available_input_is_the_model_on_that_input_alone(setup, tmp_path
     s = VideoStore.open(store)
     assert dict(s.array("rgb_only").attrs)["params"]["masks"] == [["rgb"], ["rgb"]]
     model, _ = model_from_checkpoint(load_checkpoint(ckpt))
-    layout = ens.load(ckpt).layout
+    layout = inf.load(ckpt).layout
     rgb = torch.from_numpy(s.read("rgb", np.array([1, 2])).astype(np.float32)).permute(0, 3, 1, 2)
     x = torch.zeros(2, layout.total_channels, 16, 24)
     x[:, :3] = (rgb - 100.0) / 60.0
@@ -271,7 +272,7 @@ def test_learned_aggregation_needs_targets(setup, tmp_path):
     bare = write_store(tmp_path / "bare.zarr", {
         "rgb": (np.zeros((2, 16, 24, 3), np.uint8), {"kind": "image"}),
         "depth": (np.zeros((2, 16, 24, 1), np.float16), {"kind": "depth"})})
-    loaded = ens.load(ckpt)
+    loaded = inf.load(ckpt)
     plan = ens.make_plan(loaded, [VideoStore.open(bare)], None, 2, "learned", 0)
     with pytest.raises(VreError, match="no validation frame with the target 'semantic'"):
         ens.fit_plan(plan, loaded, [bare])

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from video_pipeline import __version__
+from video_pipeline.device import resolve_device
 from video_pipeline.errors import DecodeError, ExpertError, StoreError, VreError, WeightsError
 from video_pipeline.expert import Expert
 from video_pipeline.graph import closure, dependents
@@ -120,17 +121,6 @@ def plan(recipe: Recipe, store: VideoStore, frames: np.ndarray, only: tuple[str,
 
 
 # ---------------------------------------------------------------------------------------- experts
-def resolve_device(requested: str | None) -> str:
-    """'auto' -> the best available torch device; other names pass through."""
-    if requested not in (None, "auto"):
-        return requested
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def array_spec(spec: ExpertSpec, weights_attrs: dict | None) -> ArraySpec:

@@ -28,11 +28,12 @@ import torch
 
 from video_pipeline.errors import VreError
 from video_pipeline.phgmae.engine import node_targets, target_labels
-from video_pipeline.phgmae.ensemble import (Loaded, Plan, ensemble_masks, ensemble_policy, frame_batches, is_class,
-                                            load, pick_device, predict, run_passes, select_positions, to_values)
-from video_pipeline.phgmae.guided import paired_masks
-from video_pipeline.phgmae.losses import LossSpec, node_loss
-from video_pipeline.phgmae.masking import sample_mask
+from video_pipeline.phgmae.ensemble import Plan, predict
+from video_pipeline.phgmae.inference import (Loaded, checkpoint_loss_specs, ensemble_masks, ensemble_policy,
+                                             frame_batches, is_class, load, pick_device, run_passes,
+                                             select_positions, to_values)
+from video_pipeline.phgmae.losses import node_loss
+from video_pipeline.phgmae.masking import paired_masks, sample_mask
 from video_pipeline.phgmae.metrics import ClassMetrics, iou_f1
 from video_pipeline.store import VideoStore
 
@@ -40,22 +41,6 @@ CHUNK = 8  # mask variants per forward (times the batch size): bounds memory at 
 
 
 # ---------------------------------------------------------------------------------------- setup
-def loss_specs(loaded: Loaded) -> dict[str, LossSpec]:
-    """Each node's LossSpec as the checkpoint was trained (ce / kl / l2 by kind unless its config
-    says otherwise)."""
-    from video_pipeline.phgmae.train import DEFAULT_LOSS
-
-    configured = (loaded.train.get("losses") or {}).get("nodes") or {}
-    out = {}
-    for node in loaded.layout.nodes:
-        c = configured.get(node.name) or {}
-        kind = c.get("type") or DEFAULT_LOSS[node.kind]
-        weights = c.get("class_weights")
-        out[node.name] = LossSpec(kind, float(c.get("weight", 1.0)), float(c.get("temperature", 1.0)),
-                                  tuple(weights) if weights and kind == "ce" else None)
-    return out
-
-
 def default_frames(loaded: Loaded, frames):
     """`frames` as given, else the checkpoint's validation frames (None: every frame)."""
     if frames is not None:
@@ -97,7 +82,7 @@ def importance(loaded: Loaded, paths: Sequence[Path], frames=None, masks: int = 
     col = {n: i for i, n in enumerate(layout.names)}
     base = sample_mask(masks, policy, torch.Generator().manual_seed(seed))               # [R, M]
     unique, index = paired_masks(base, [col[m] for m in inputs])                     # [U, M], [R, F, 2]
-    specs = loss_specs(loaded)
+    specs = checkpoint_loss_specs(loaded)
     num = np.zeros((len(targets), len(inputs), 2))
     den = np.zeros((len(targets), len(inputs), 2))
     count = np.zeros((len(targets), len(inputs)), np.int64)

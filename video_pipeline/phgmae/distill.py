@@ -42,6 +42,7 @@ from video_pipeline.errors import RecipeError, VreError
 from video_pipeline.phgmae.config import (RANGE_RE, FramesConfig, ModelConfig, OptimizerConfig, ScheduleConfig,
                                           parse_frames, parse_section)
 from video_pipeline.phgmae.engine import NodeLayout, Node, layout_from_dataset, lr_at, target_labels, transfer_weights
+from video_pipeline.phgmae.inference import amp_dtype_for, pick_device, read_checkpoint, save_checkpoint
 from video_pipeline.phgmae.losses import LossSpec, node_loss
 from video_pipeline.phgmae.metrics import ClassMetrics
 from video_pipeline.phgmae.model import build_model, count_parameters, to_checkpoint
@@ -177,8 +178,7 @@ def student_input(rgb: torch.Tensor, layout: NodeLayout) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------- loop
 def main(config_path: str | Path, device: str | None = None) -> int:
-    from video_pipeline.phgmae.train import (amp_dtype_for, epoch_seeds, eval_loader, make_optimizer, pick_device,
-                                             read_checkpoint, save_checkpoint, train_loader)
+    from video_pipeline.phgmae.train import epoch_seeds, eval_loader, make_optimizer, train_loader
 
     cfg = load_distill_config(config_path)
     dev = pick_device(device or cfg.device)
@@ -304,9 +304,8 @@ def frames_per_second(model, layout: NodeLayout, size: tuple[int, int], dev, rep
 def final_report(best_path: Path, records: list[dict], cfg: DistillConfig, val_ds, layout: NodeLayout, dev) -> dict:
     """Parameters, speed and validation agreement of the best checkpoint."""
     from video_pipeline.phgmae.model import model_from_checkpoint
-    from video_pipeline.weights import load_checkpoint
 
-    model, _ = model_from_checkpoint(load_checkpoint(best_path))
+    model, _ = model_from_checkpoint(read_checkpoint(best_path))
     model.to(dev)
     best = max(records, key=lambda r: r["validation"]["agreement_miou"] or -1)
     return {"checkpoint": str(best_path), "epoch": best["epoch"], "parameters": count_parameters(model),

@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from video_pipeline.phgmae.engine import StepSetup, node_inputs, node_targets
-from video_pipeline.phgmae.ensemble import run_passes
+from video_pipeline.phgmae.inference import run_passes
 from video_pipeline.phgmae.losses import node_loss
-from video_pipeline.phgmae.masking import sample_mask
+from video_pipeline.phgmae.masking import paired_masks, sample_mask
 
 
 @dataclass(frozen=True)
@@ -51,22 +51,6 @@ class Effect:
 
     effect: dict[str, float | None]
     loss: float | None
-
-
-def paired_masks(base: torch.Tensor, columns: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every base mask with each of `columns` forced visible and forced hidden, each distinct mask once.
-
-    base: bool [R, M] (True = hidden). Returns (unique bool [U, M], index int64 [R, F, 2]):
-    unique[index[r, f, h]] is base[r] with column columns[f] set to bool(h). U <= R * (F + 1): a
-    base row is one of its own variants for every column.
-    """
-    r, f = base.shape[0], len(columns)
-    variants = base[:, None, None, :].expand(r, f, 2, base.shape[1]).clone()          # [R, F, 2, M]
-    for i, c in enumerate(columns):
-        variants[:, i, 0, c] = False
-        variants[:, i, 1, c] = True
-    unique, inverse = torch.unique(variants.reshape(-1, base.shape[1]), dim=0, return_inverse=True)
-    return unique, inverse.reshape(r, f, 2)
 
 
 def combined_loss(num: torch.Tensor, den: torch.Tensor, weights: torch.Tensor) -> float | None:

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 LOSS_TYPES = ("ce", "kl", "l1", "l2")
 IGNORE_INDEX = 255  # label maps: the store's fill value for "no label here"
+DEFAULT_LOSS = {"class": "ce", "soft": "kl", "regression": "l2"}   # node kind -> loss type
+LOSS_KINDS = {"ce": ("class",), "kl": ("soft",), "l1": ("soft", "regression"), "l2": ("soft", "regression")}
 
 
 @dataclass(frozen=True)

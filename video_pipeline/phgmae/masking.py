@@ -6,7 +6,7 @@ hyperedge (its visible nodes) and the network predicts every node.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -111,3 +111,19 @@ def sample_mask(batch_size: int, policy: MaskPolicy, generator: torch.Generator 
         hidden[blind, pick[blind]] = False
     mask[:, cols] = hidden
     return mask
+
+
+def paired_masks(base: torch.Tensor, columns: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every base mask with each of `columns` forced visible and forced hidden, each distinct mask once.
+
+    base: bool [R, M] (True = hidden). Returns (unique bool [U, M], index int64 [R, F, 2]):
+    unique[index[r, f, h]] is base[r] with column columns[f] set to bool(h). U <= R * (F + 1): a
+    base row is one of its own variants for every column.
+    """
+    r, f = base.shape[0], len(columns)
+    variants = base[:, None, None, :].expand(r, f, 2, base.shape[1]).clone()          # [R, F, 2, M]
+    for i, c in enumerate(columns):
+        variants[:, i, 0, c] = False
+        variants[:, i, 1, c] = True
+    unique, inverse = torch.unique(variants.reshape(-1, base.shape[1]), dim=0, return_inverse=True)
+    return unique, inverse.reshape(r, f, 2)

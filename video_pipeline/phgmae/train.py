@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +29,13 @@ from video_pipeline.phgmae.engine import (NodeLayout, StepSetup, dataset_statist
                                           evaluate, layout_from_dataset, lr_at, train_one_epoch,
                                           transfer_weights)
 from video_pipeline.phgmae.guided import masking_effect, update
-from video_pipeline.phgmae.losses import LossSpec
+from video_pipeline.phgmae.inference import amp_dtype_for, pick_device, read_checkpoint, save_checkpoint
+from video_pipeline.phgmae.losses import DEFAULT_LOSS, LOSS_KINDS, LossSpec
 from video_pipeline.phgmae.model import build_model, count_parameters, to_checkpoint
 from video_pipeline.phgmae.plots import plot_curves
 
 # Config keys that may change between a checkpoint and the run resuming it.
 RESUMABLE_CHANGES = ("epochs", "device", "path", "data.num_workers")
-DEFAULT_LOSS = {"class": "ce", "soft": "kl", "regression": "l2"}
-LOSS_KINDS = {"ce": ("class",), "kl": ("soft",), "l1": ("soft", "regression"), "l2": ("soft", "regression")}
 
 
 def main(config_path: str | Path, resume: str | Path | None = None, device: str | None = None) -> int:
@@ -150,32 +148,6 @@ def main(config_path: str | Path, resume: str | Path | None = None, device: str 
 
 
 # ---------------------------------------------------------------------------------------- setup
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise VreError(f"device {name}: CUDA is not available here; use --device cpu")
-    return dev
-
-
-def amp_dtype_for(dev: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA only: bfloat16 where supported (no loss scaling), else float16."""
-    if dev.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def read_checkpoint(path: Path) -> dict:
-    from video_pipeline.weights import load_checkpoint
-
-    if not path.is_file():
-        raise VreError(f"checkpoint {path} does not exist")
-    return load_checkpoint(path)
-
-
 def check_resumable(cfg: TrainConfig, state: dict, path: Path) -> None:
     """A checkpoint resumes this config only if they differ in RESUMABLE_CHANGES alone."""
     if "optimizer" not in state or "train" not in state["hyper_parameters"]["cfg"]:
@@ -329,13 +301,6 @@ def throughput(train: dict) -> dict:
     return {"samples_per_s": (train["samples"] - first["samples"]) / seconds,
             "data_wait_share": (train["data_seconds"] - first["data_seconds"]) / seconds,
             "epoch_seconds": train["seconds"]}
-
-
-def save_checkpoint(ckpt: dict, path: Path) -> None:
-    """Write via a temporary file and a rename: a crash never leaves a truncated checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
 
 
 def truncate_log(log: Path, epoch: int) -> None:
