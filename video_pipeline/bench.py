@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from video_pipeline.bench_gpu import GpuSampler, torch_uuid
+from video_pipeline.errors import VreError
 from video_pipeline.recipe import load_recipe
 from video_pipeline.runner import RunOptions, run
 from video_pipeline.store import VideoStore, dir_size, shard_groups
@@ -37,6 +38,9 @@ def peak_rss_mb() -> float:
 def bench(recipe_path, video_path, frames=None, device=None, workers: int = 1, keep=None,
           as_json: bool = False) -> str:
     """Run the benchmark and return its report (a table, or JSON)."""
+    if keep and Path(keep).exists():  # never delete what may be a user's store or folder
+        raise VreError(f"{keep}: exists; vre bench writes a fresh store there, so name a path that "
+                       f"does not exist with --keep")
     recipe = load_recipe(recipe_path)
     video = Video.open(video_path)
     selected = parse_frames(frames, 1, video.n_frames) if frames else np.arange(video.n_frames)
@@ -47,8 +51,6 @@ def bench(recipe_path, video_path, frames=None, device=None, workers: int = 1, k
 
     tmp = Path(tempfile.mkdtemp(prefix="vre-bench-"))
     out = Path(keep) if keep else tmp / "bench.zarr"
-    if out.exists():
-        shutil.rmtree(out)
     try:
         t0 = time.perf_counter()
         with GpuSampler() as gpu_sampler:

@@ -65,13 +65,13 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_preview(args) -> int:
-    from video_pipeline.preview import make_preview
+    from video_pipeline.preview import default_output, make_preview
     from video_pipeline.store import VideoStore
     from video_pipeline.video import parse_frames
 
     store = VideoStore.open(args.store)
     frames = parse_frames(args.frames, 1, store.n_frames) if args.frames else None
-    out = Path(args.output) if args.output else Path(args.store).with_suffix(".mp4")
+    out = Path(args.output) if args.output else default_output(Path(args.store))
     path = make_preview(store, out, frames=frames)
     print(path)
     return 0
@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("preview", help="collage of every modality (mp4, or png for one frame)")
     v.add_argument("store")
-    v.add_argument("-o", "--output", help="FILE.mp4 or FILE.png")
+    v.add_argument("-o", "--output", help="FILE.mp4 or FILE.png (default: <store>.preview.mp4 beside "
+                   "the store); an existing file is replaced only if it is an earlier preview")
     v.add_argument("--frames", nargs="+", metavar="A..B|I")
     v.set_defaults(func=cmd_preview)
 

@@ -31,6 +31,9 @@ MASK_ALPHA = 0.6
 # Methodology for Optical Flow", IJCV 2011): red-yellow, yellow-green, green-cyan, cyan-blue,
 # blue-magenta, magenta-red; segment lengths make perceptually even steps around the wheel.
 WHEEL_SEGMENTS = (15, 6, 4, 11, 13, 6)
+# Written into every preview (MP4 `comment` tag, PNG `Software` text): a preview replaces only a
+# file that carries it, so it never writes over a video or image it did not make.
+PREVIEW_MARK = "video-pipeline preview"
 
 
 # ------------------------------------------------------------------------------------ colorizing
@@ -346,6 +349,7 @@ def make_preview(store: VideoStore, out: Path, frames: np.ndarray | None = None)
     if suffix not in (".mp4", ".png"):
         raise VreError(f"{out}: preview is written as .mp4 (every frame) or .png (one frame); "
                        f"choose such a name with -o")
+    check_output(store, out)
     n = store.n_frames
     if frames is None:
         frames = np.array([n // 2]) if suffix == ".png" else np.arange(n)
@@ -365,10 +369,55 @@ def make_preview(store: VideoStore, out: Path, frames: np.ndarray | None = None)
     return out
 
 
+def default_output(store_path: Path) -> Path:
+    """`<store folder without .zarr>.preview.mp4` beside the store: never the name of its video
+    (`vre run r.yaml flight.mp4` makes `flight.zarr`, whose preview is `flight.preview.mp4`)."""
+    store_path = Path(store_path)
+    stem = store_path.name[:-5] if store_path.name.endswith(".zarr") else store_path.name
+    return store_path.with_name(f"{stem}.preview.mp4")
+
+
+def written_by_preview(path: Path) -> bool:
+    """Whether the file at `path` is a preview this module wrote (it carries PREVIEW_MARK)."""
+    try:
+        if path.suffix.lower() == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return getattr(image, "text", {}).get("Software") == PREVIEW_MARK
+        import av
+
+        with av.open(str(path)) as container:
+            return container.metadata.get("comment") == PREVIEW_MARK
+    except Exception:  # unreadable, not an image or video: not ours
+        return False
+
+
+def check_output(store: VideoStore, out: Path) -> None:
+    """VreError unless writing the preview to `out` destroys nothing the user made: `out` must not
+    be the store's source video, and an existing file there must be an earlier preview."""
+    source = (store.meta.get("video") or {}).get("path")
+    if source and out.exists() and Path(source).exists() and os.path.samefile(out, source):
+        raise VreError(f"{out}: is the video store {store.path} was made from; choose another -o")
+    if out.is_dir():
+        raise VreError(f"{out}: is a folder; name the preview file with -o FILE.mp4 or FILE.png")
+    if out.exists() and not written_by_preview(out):
+        raise VreError(f"{out}: exists and was not written by `vre preview`; vre never writes over "
+                       f"a file it did not make: choose another -o or move that file")
+
+
 def write_png(path: Path, image: np.ndarray) -> None:
-    """Save uint8 RGB [H,W,3] as a PNG."""
-    if not cv2.imwrite(str(path), image[..., ::-1]):
-        raise OSError(f"OpenCV could not write {path}")
+    """Save uint8 RGB [H,W,3] as a PNG carrying PREVIEW_MARK (temporary file, then rename)."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", PREVIEW_MARK)
+    partial = path.with_name(path.name + f".{os.getpid()}.partial")
+    try:
+        Image.fromarray(np.ascontiguousarray(image)).save(partial, format="PNG", pnginfo=info)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def write_mp4(path: Path, images, fps: float) -> None:
@@ -378,9 +427,10 @@ def write_mp4(path: Path, images, fps: float) -> None:
     """
     import av
 
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(path.name + f".{os.getpid()}.partial")
     try:
         with av.open(str(partial), "w", format="mp4") as container:
+            container.metadata["comment"] = PREVIEW_MARK
             stream = None
             for image in images:
                 if stream is None:

@@ -29,6 +29,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -44,6 +45,8 @@ from video_pipeline.errors import StoreError
 SCHEMA_VERSION = 1
 META_KEY = "video_pipeline"
 PRIVATE_GROUPS = ("_progress", "_frames", "_index")
+# zarr's LocalStore writes each object to `<key without suffix>.<uuid4 hex>.partial`, then renames it
+TEMP_FILE = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 def compressor(clevel: int = 1) -> BloscCodec:
@@ -130,6 +133,8 @@ class VideoStore:
             if not (path / "zarr.json").is_file():
                 raise StoreError(f"{path}: not a video-pipeline store (no zarr.json); "
                                  f"create it with `vre run RECIPE VIDEO -o {path}`")
+        else:
+            refuse_foreign(path)
         if mode == "w" and path.exists():
             shutil.rmtree(path)
         if mode != "r":
@@ -338,11 +343,62 @@ def dir_size(path: Path) -> int:
 
 
 def remove_partials(path: Path) -> int:
-    """Delete temporary `*.partial` files a killed writer left behind; returns how many."""
+    """Delete the temporary files (`<name>.<32 hex>.partial`, see TEMP_FILE) a killed zarr writer
+    left in store `path`; returns how many. Call only on a folder `store_owner` calls ours: nothing
+    else is ever deleted."""
     removed = 0
     for root, _, files in os.walk(path):
         for f in files:
-            if f.endswith(".partial"):
-                os.unlink(os.path.join(root, f))
+            if TEMP_FILE.search(f):
+                try:
+                    os.unlink(os.path.join(root, f))
+                except FileNotFoundError:
+                    continue
                 removed += 1
     return removed
+
+
+def store_owner(path: Path) -> str:
+    """Who owns folder `path`: 'none' (absent, empty, or only a killed first write's temporaries),
+    'ours' (a store of this package, or one killed before its metadata was written), or 'foreign'
+    (anything else: a user's folder, a file, another program's zarr group)."""
+    if not path.exists():
+        return "none"
+    if not path.is_dir():
+        return "foreign"
+    try:
+        entries = [e.name for e in os.scandir(path)]
+    except OSError:
+        return "foreign"
+    rest = [e for e in entries if not TEMP_FILE.search(e) and not e.startswith(".vre-write-test-")]
+    if not rest:
+        return "none"
+    if "zarr.json" not in rest:
+        return "foreign"
+    try:
+        node = json.loads((path / "zarr.json").read_bytes())
+    except (OSError, ValueError):
+        node = None
+    if not isinstance(node, dict) or node.get("node_type") != "group":
+        return "foreign"
+    attrs = node.get("attributes")
+    if isinstance(attrs, dict) and META_KEY in attrs:
+        return "ours"
+    # a run killed after creating the group and before writing its metadata leaves just zarr.json
+    return "ours" if rest == ["zarr.json"] else "foreign"
+
+
+def refuse_foreign(path: Path) -> None:
+    """StoreError unless `path` may become or stays a store of ours: a write (or a cleanup of
+    temporaries) never happens in a folder this package did not create."""
+    if store_owner(path) != "foreign":
+        return
+    if not path.is_dir():
+        raise StoreError(f"{path}: exists and is not a folder; choose another -o for the store")
+    try:
+        sample = sorted(e.name for e in os.scandir(path))[:3]
+    except OSError:
+        sample = []
+    raise StoreError(f"{path}: exists and is not a store written by vre (it holds "
+                     f"{', '.join(repr(e) for e in sample)}{', ...' if len(sample) == 3 else ''}); "
+                     f"vre never writes into a folder it did not create: choose another -o")

@@ -1,0 +1,103 @@
+"""Issue 14: the tool never loses, mixes or silently corrupts a user's data, and never writes over or
+deletes a file it did not create. One test (or more) per found case, through the real command."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from video_pipeline.cli import main
+from video_pipeline.store import VideoStore
+
+RECIPE = "shard_frames: 4\nexperts:\n  rgb: {type: color/rgb}\n  edges: {type: edges/canny, params: {low: 100, high: 200}}\n"
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def vre_main(capsys, *argv: str) -> tuple[int, str, str]:
+    """`vre ARGV` in this process: (exit code, stdout, stderr)."""
+    code = main(["run" if argv[0] == "run" else argv[0], *argv[1:]])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def small_clip(tmp_path_factory) -> Path:
+    from video_pipeline.synth import make_clip
+
+    return make_clip(tmp_path_factory.mktemp("small") / "flight.mp4", n_frames=10, size=(48, 64))
+
+
+# ------------------------------------------------------------------------- 1: preview never overwrites
+def test_preview_default_never_overwrites_the_source_video(tmp_path, small_clip, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    video = tmp_path / "flight.mp4"
+    video.write_bytes(small_clip.read_bytes())
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    before = sha(video)
+    assert vre_main(capsys, "run", "r.yaml", "flight.mp4", "-q")[0] == 0
+    code, out, err = vre_main(capsys, "preview", "flight.zarr")
+    assert code == 0, err
+    assert out.strip().endswith("flight.preview.mp4") and (tmp_path / "flight.preview.mp4").is_file()
+    assert sha(video) == before
+    # an earlier preview is ours to replace; the source video, or any other file, is not
+    assert vre_main(capsys, "preview", "flight.zarr")[0] == 0
+    for target in ("flight.mp4", "notes.png"):
+        if target == "notes.png":
+            (tmp_path / target).write_bytes(b"a user's picture")
+        kept = sha(tmp_path / target)
+        code, _, err = vre_main(capsys, "preview", "flight.zarr", "-o", target, "--frames", "1")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and target in err, err
+        assert sha(tmp_path / target) == kept
+    assert vre_main(capsys, "preview", "flight.zarr", "-o", "mine.png", "--frames", "1")[0] == 0
+    assert vre_main(capsys, "preview", "flight.zarr", "-o", "mine.png", "--frames", "2")[0] == 0
+    # and the store still holds the video's frames: a rerun has nothing to do
+    code, out, _ = vre_main(capsys, "run", "r.yaml", "flight.mp4", "-q")
+    assert code == 0 and "nothing to do" in out
+
+
+# ------------------------------------------------------------------------- 4: -o at a user's folder
+def test_output_at_a_users_folder_is_refused_and_nothing_deleted(tmp_path, small_clip, capsys):
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    user_files = {folder / "draft.partial": b"1", folder / "sub" / "x.0123456789abcdef0123456789abcdef.partial": b"2",
+                  folder / "notes.txt": b"3"}
+    for path, data in user_files.items():
+        path.write_bytes(data)
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    code, _, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(folder), "-q")
+    assert code == 2 and "not a store written by vre" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p for p in folder.rglob("*") if p.is_file()) == sorted(user_files)
+    assert all(p.read_bytes() == d for p, d in user_files.items())
+    # a folder that is our store: only zarr's own temporaries are cleaned up
+    store = tmp_path / "s.zarr"
+    assert vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(store), "-q")[0] == 0
+    ours = store / "rgb" / "c" / "0" / "0.0123456789abcdef0123456789abcdef.partial"
+    ours.write_bytes(b"left by a killed writer")
+    theirs = store / "rgb" / "keep.partial"
+    theirs.write_bytes(b"a user's file")
+    assert vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(store), "-q")[0] == 0
+    assert not ours.exists() and theirs.read_bytes() == b"a user's file"
+
+
+def test_store_replace_and_bench_keep_refuse_foreign_folders(tmp_path):
+    from video_pipeline.errors import StoreError, VreError
+    from video_pipeline.bench import bench
+
+    folder = tmp_path / "user"
+    folder.mkdir()
+    (folder / "a.txt").write_text("x")
+    with pytest.raises(StoreError, match="not a store written by vre"):
+        VideoStore.open(folder, "w")
+    assert (folder / "a.txt").read_text() == "x"
+    (tmp_path / "file").write_text("y")
+    with pytest.raises(StoreError, match="not a folder"):
+        VideoStore.open(tmp_path / "file", "a")
+    with pytest.raises(VreError, match="--keep"):
+        bench(os.devnull, os.devnull, keep=str(folder))
+    assert (folder / "a.txt").read_text() == "x"
