@@ -101,3 +101,16 @@ def test_store_replace_and_bench_keep_refuse_foreign_folders(tmp_path):
     with pytest.raises(VreError, match="--keep"):
         bench(os.devnull, os.devnull, keep=str(folder))
     assert (folder / "a.txt").read_text() == "x"
+
+
+def test_demo_keeps_a_users_file_named_like_its_clip(tmp_path, monkeypatch):
+    from video_pipeline.demo import make_demo_clip
+    from video_pipeline.errors import VreError
+
+    first = make_demo_clip(tmp_path / "demo.mp4").read_bytes()
+    assert make_demo_clip(tmp_path / "demo.mp4").read_bytes() == first  # an earlier demo's clip: kept
+    (tmp_path / "demo.mp4").write_bytes(b"my own video")
+    with pytest.raises(VreError, match="not the demo clip"):
+        make_demo_clip(tmp_path / "demo.mp4")
+    assert (tmp_path / "demo.mp4").read_bytes() == b"my own video"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.mp4"]

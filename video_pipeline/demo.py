@@ -1,11 +1,13 @@
 """`vre demo`: make a short clip, run the quickstart recipe on it, show what was stored."""
 from __future__ import annotations
 
+import os
 import tempfile
 from importlib import resources
 from pathlib import Path
 
 from video_pipeline.describe import describe_store
+from video_pipeline.errors import VreError
 from video_pipeline.recipe import load_recipe
 from video_pipeline.runner import RunOptions, run
 from video_pipeline.synth import make_clip
@@ -16,11 +18,27 @@ def quickstart_recipe() -> Path:
     return Path(str(resources.files("video_pipeline.recipes") / "quickstart.yaml"))
 
 
+def make_demo_clip(path: Path) -> Path:
+    """Write the demo clip at `path`; an existing file there is kept if it is that very clip (an
+    earlier demo), and refused otherwise: the demo never writes over a user's file."""
+    fresh = make_clip(path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}"))
+    try:
+        if path.exists():
+            if not path.is_file() or path.read_bytes() != fresh.read_bytes():
+                raise VreError(f"{path}: exists and is not the demo clip; vre never writes over a file "
+                               f"it did not make: choose another -o folder")
+            return path
+        os.replace(fresh, path)
+    finally:
+        fresh.unlink(missing_ok=True)
+    return path
+
+
 def demo(folder: Path | None = None, device: str | None = None) -> Path:
     """Write demo.mp4 (48 frames, 180x320) and demo.zarr into `folder` (default: a new temp folder)."""
     folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="vre-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
-    clip = make_clip(folder / "demo.mp4")
+    clip = make_demo_clip(folder / "demo.mp4")
     recipe_path = quickstart_recipe()
     store_path = folder / "demo.zarr"
     print(f"clip:   {clip}\nrecipe: {recipe_path}")
