@@ -1,11 +1,11 @@
 """Experts: depth from any transformers depth-estimation model (`depth/hf`).
 
-Also home of the small transformers/torch helpers the learned experts share (`load_hf`,
-`inference`, `to_tensor`), so every learned expert loads and runs its model the same way.
+Also home of the small transformers helpers the learned experts share (`read_hf_config`, `load_hf`),
+so every transformers expert loads its model the same way; the torch helpers (frames to tensors,
+the forward-pass context honouring the recipe's dtype) are `video_pipeline.learned`.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 from collections.abc import Mapping
@@ -15,7 +15,16 @@ import numpy as np
 
 from video_pipeline.errors import WeightsError
 from video_pipeline.expert import Expert, OutputSpec
+from video_pipeline.learned import frames_to_tensor, inference
+from video_pipeline.quantities import INVERSE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH, check_quantity
 from video_pipeline.registry import register_expert
+
+# What the raw output of a transformers depth model holds, by config `model_type` (Depth Anything
+# checkpoints with `depth_estimation_type: metric` are metric; see `HFDepth.raw_quantity`).
+HF_DEPTH_QUANTITIES = {"depth_anything": INVERSE_DEPTH, "dpt": INVERSE_DEPTH, "zoedepth": METRIC_DEPTH,
+                       "glpn": METRIC_DEPTH, "depth_pro": METRIC_DEPTH,
+                       "prompt_depth_anything": METRIC_DEPTH}
+NORMALIZATIONS = ("relative", "raw", "reciprocal")
 
 def read_hf_config(weights_path, expert: str) -> dict:
     """The `config.json` of a `from_pretrained` folder, without importing transformers."""
@@ -44,25 +53,6 @@ def load_hf(auto_model: str, weights_path, device: str, expert: str):
     return processor, model.eval().to(device)
 
 
-def inference(device: str):
-    """Context for a forward pass: no autograd, and float16 autocast on CUDA."""
-    import torch
-
-    if torch.device(device).type == "cuda":
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
-        stack.enter_context(torch.autocast("cuda", dtype=torch.float16))
-        return stack
-    return torch.inference_mode()
-
-
-def to_tensor(frames: np.ndarray, device: str):
-    """uint8 [N, H, W, 3] numpy -> uint8 torch [N, 3, H, W] on `device`."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2)
-
-
 def normalize_relative(depth):
     """Per-frame min-max of torch float32 [N, H, W] to [0, 1] (a constant frame becomes 0)."""
     import torch
@@ -88,30 +78,61 @@ def processor_size(processor, size: int, expert: str) -> dict:
 class HFDepth(Expert):
     """Depth from a transformers depth-estimation model (DPT, Depth Anything v1/v2, ZoeDepth, GLPN).
 
-    Output float16 [N, H, W, 1] at the frames' H, W. The quantity is the model's own: relative inverse
-    depth (larger = nearer) for DPT and Depth Anything, metric depth in metres (larger = farther) for
-    ZoeDepth, GLPN and the Depth Anything metric checkpoints.
+    Output float16 [N, H, W, 1] at the frames' H, W, with its quantity declared (`output().quantity`).
+    The model's raw output is relative inverse depth (larger = nearer) for DPT and Depth Anything,
+    metric depth in metres for ZoeDepth, GLPN, Depth Pro and the Depth Anything metric checkpoints
+    (`HF_DEPTH_QUANTITIES`).
     Params:
       size: processing resolution in pixels (the processor's target size, e.g. 518 for Depth
         Anything); None keeps the processor's default.
-      normalization: "relative" rescales each frame to [0, 1] (min-max); "raw" keeps model units.
+      normalization: "relative" rescales each frame to [0, 1] (min-max: inverse depth stays inverse
+        depth, metric depth becomes relative depth); "raw" keeps the model's units; "reciprocal"
+        stores 1 / raw clipped to [0, 1], relative depth from an inverse-depth model (what VRE's
+        `depth_dpt` stores).
+      quantity: what the raw output holds, for model types not in `HF_DEPTH_QUANTITIES`
+        (None: from the table).
     """
 
     uses_torch = True
+    output_needs_weights = True
     default_weights = "depth-anything/Depth-Anything-V2-Small-hf"
     batch_size = 4
 
-    def __init__(self, size: int | None = None, normalization: str = "relative"):
-        if normalization not in ("relative", "raw"):
-            raise ValueError(f"normalization must be 'relative' or 'raw', got {normalization!r}")
+    def __init__(self, size: int | None = None, normalization: str = "relative",
+                 quantity: str | None = None):
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
         if size is not None and size < 14:
             raise ValueError(f"size must be at least 14 pixels, got {size}")
-        self.size, self.normalization = size, normalization
+        check_quantity(quantity)
+        self.size, self.normalization, self.quantity = size, normalization, quantity
         self.processor = self.model = None
 
+    def raw_quantity(self) -> str:
+        """What the model's raw output holds: the `quantity` param, else by the weights' config."""
+        if self.quantity is not None:
+            return self.quantity
+        config = read_hf_config(self.weights_path, self.name)
+        model_type = config.get("model_type")
+        if model_type == "depth_anything" and config.get("depth_estimation_type") == "metric":
+            return METRIC_DEPTH
+        if model_type not in HF_DEPTH_QUANTITIES:
+            raise WeightsError(f"expert '{self.name}': the depth quantity of model type '{model_type}' "
+                               f"({self.weights_path}) is not known: set params.quantity")
+        return HF_DEPTH_QUANTITIES[model_type]
+
     def output(self, deps: Mapping[str, OutputSpec]) -> OutputSpec:
-        return OutputSpec(channels=1, kind="depth", dtype="float16",
-                          value_range=(0.0, 1.0) if self.normalization == "relative" else None)
+        raw = self.raw_quantity()
+        if self.normalization == "raw":
+            return OutputSpec(channels=1, kind="depth", dtype="float16", quantity=raw)
+        if self.normalization == "reciprocal":
+            if raw != INVERSE_DEPTH:
+                raise ValueError(f"expert '{self.name}': normalization 'reciprocal' turns inverse depth into "
+                                 f"depth, but this model gives {raw}: use relative or raw")
+            return OutputSpec(channels=1, kind="depth", dtype="float16", quantity=RELATIVE_DEPTH,
+                              value_range=(0.0, 1.0))
+        return OutputSpec(channels=1, kind="depth", dtype="float16", value_range=(0.0, 1.0),
+                          quantity=INVERSE_DEPTH if raw == INVERSE_DEPTH else RELATIVE_DEPTH)
 
     def setup(self, device: str) -> None:
         self.device = device
@@ -123,9 +144,9 @@ class HFDepth(Expert):
         import torch
 
         n, h, w = frames.shape[:3]
-        images = list(to_tensor(frames, self.device))
+        images = list(frames_to_tensor(frames, self.device))
         inputs = self.processor(images=images, return_tensors="pt", device=self.device, **self._resize)
-        with inference(self.device):
+        with inference(self.device, self.dtype):
             outputs = self.model(pixel_values=inputs["pixel_values"].to(self.device))
         post = self.processor.post_process_depth_estimation
         post_kwargs = {"target_sizes": [(h, w)] * n}
@@ -135,6 +156,8 @@ class HFDepth(Expert):
         depth = torch.stack([r["predicted_depth"].reshape(h, w) for r in post(outputs, **post_kwargs)])
         if self.normalization == "relative":
             depth = normalize_relative(depth)
+        elif self.normalization == "reciprocal":
+            depth = (1 / depth).nan_to_num(posinf=1.0).clamp(0, 1)
         return depth[..., None].to(torch.float16).cpu().numpy()
 
     def teardown(self) -> None:

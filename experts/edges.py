@@ -11,6 +11,7 @@ import numpy as np
 
 from video_pipeline.errors import WeightsError
 from video_pipeline.expert import Expert, OutputSpec
+from video_pipeline.learned import frames_to_tensor, inference
 from video_pipeline.registry import register_expert
 from video_pipeline.weights import load_checkpoint
 
@@ -245,14 +246,10 @@ class PiDiNet(Expert):
     def __call__(self, frames, deps):
         import torch
 
-        device_type = torch.device(self.device).type
         # float16 on GPUs unless the recipe asks otherwise; CPUs compute in float32 by default.
-        dtype = self.dtype or ("float16" if device_type == "cuda" else "float32")
-        with torch.inference_mode(), torch.autocast(device_type, dtype=getattr(torch, dtype),
-                                                    enabled=dtype != "float32"):
+        with inference(self.device, self.dtype):
             # [N,H,W,3] viewed as [N,3,H,W] is already channels_last in memory.
-            x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2)
-            x = x.float() / 255.0
+            x = frames_to_tensor(frames, self.device).float() / 255.0
             logits = pidinet_forward(self.net, (x - self.mean) / self.std)
             edges = torch.sigmoid(logits.float())
         return edges.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()

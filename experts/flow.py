@@ -16,6 +16,7 @@ import numpy as np
 from video_pipeline.errors import WeightsError
 from video_pipeline.expert import Expert, OutputSpec
 from video_pipeline.imageops import resize
+from video_pipeline.learned import frames_to_tensor, inference
 from video_pipeline.registry import register_expert
 from video_pipeline.weights import load_checkpoint
 
@@ -137,21 +138,15 @@ class RAFT(Expert):
 
     def _to_input(self, frames):
         """uint8 [N,H,W,3] -> float [N,3,H',W'] in [-1, 1] (RAFT's input range), padded."""
-        import torch
-
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2)
-        return pad_for_raft(x.float() / 127.5 - 1.0)
+        return pad_for_raft(frames_to_tensor(frames, self.device).float() / 127.5 - 1.0)
 
     def __call__(self, frames, deps):
         import torch
 
         n, h, w, _ = frames.shape
-        device_type = torch.device(self.device).type
-        # float32 unless the recipe asks for less: flow accuracy suffers first from lower precision.
-        dtype = self.dtype or "float32"
         sign = torch.as_tensor(deps["next_sign"], dtype=torch.float32, device=self.device)
-        with torch.inference_mode(), torch.autocast(device_type, dtype=getattr(torch, dtype),
-                                                    enabled=dtype != "float32"):
+        # float32 unless the recipe asks for less: flow accuracy suffers first from lower precision.
+        with inference(self.device, self.dtype, cuda_default="float32"):
             flows = self.net(self._to_input(frames), self._to_input(deps["next_frames"]),
                                num_flow_updates=self.num_flow_updates)[-1]
         flow = flows[:, :, :h, :w].float() * sign.view(n, 1, 1, 1)

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 from video_pipeline.expert import Expert, OutputSpec
+from video_pipeline.quantities import check_quantity, grows_with_distance, require_quantity
 from video_pipeline.registry import register_expert
 
 TABLES_DIR = Path(__file__).resolve().parent / "tables"
@@ -281,15 +282,18 @@ class MapThreshold(Expert):
     """1 where a 1-channel map compares true with `value` (`op`: le, ge, lt, gt).
 
     Dependencies: [values] or [mask, values]; with a binary mask first the result is mask AND the
-    comparison (e.g. buildings nearby: [buildings, depth], op le, value 0.3).
+    comparison (e.g. buildings nearby: [buildings, depth_marigold], op le, value 0.3, quantity
+    relative_depth). A depth dependency is thresholded only in the quantity the recipe names:
+    `quantity` must be the one the depth declares (a value of depth means nothing on inverse depth).
     """
 
     n_deps = None
 
-    def __init__(self, value: float, op: Literal["le", "ge", "lt", "gt"] = "le"):
+    def __init__(self, value: float, op: Literal["le", "ge", "lt", "gt"] = "le", quantity: str | None = None):
         if op not in COMPARISONS:
             raise ValueError(f"op must be one of {', '.join(COMPARISONS)}, got {op!r}")
-        self.value, self.op = value, op
+        check_quantity(quantity)
+        self.value, self.op, self.quantity = value, op, quantity
 
     def output(self, deps: Mapping[str, OutputSpec]) -> OutputSpec:
         if len(deps) not in (1, 2):
@@ -301,6 +305,13 @@ class MapThreshold(Expert):
         if spec.channels != 1 or spec.kind in ("semantic", "binary"):
             raise ValueError(f"dependency '{name}' ({spec.kind}, {spec.channels} channels) is not a "
                              f"1-channel numeric map to threshold")
+        if spec.kind == "depth":
+            held = require_quantity(name, spec.quantity, "map/threshold")
+            if self.quantity != held:
+                raise ValueError(f"dependency '{name}' holds {held}: name it in params.quantity: {held} "
+                                 f"(the threshold's value must be in that quantity), got {self.quantity}")
+        elif self.quantity is not None:
+            raise ValueError(f"params.quantity is for depth dependencies; '{name}' is {spec.kind}")
         return _binary_output()
 
     def __call__(self, frames: np.ndarray, deps: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -344,7 +355,8 @@ class MapSafeLanding(Expert):
             raise ValueError(f"dependency '{normals_name}' has {normals.channels} channels, not 3")
         if depth.channels != 1:
             raise ValueError(f"dependency '{depth_name}' has {depth.channels} channels, not 1")
-        if self.max_depth is not None and depth.extra.get("quantity") == "inverse_depth":
+        if self.max_depth is not None and \
+                not grows_with_distance(require_quantity(depth_name, depth.quantity, "map/safe-landing")):
             raise ValueError(f"dependency '{depth_name}' holds inverse depth (larger is closer), so "
                              f"max_depth cannot bound it: set max_depth: null and AND the mask with "
                              f"map/threshold (deps [mask, {depth_name}], op ge)")

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from video_pipeline.expert import Expert, OutputSpec
+from video_pipeline.quantities import as_depth, require_quantity
 from video_pipeline.registry import register_expert
 
 # Fewer valid points than this in a window leave the pixel without a normal (3 define a plane).
@@ -193,7 +194,8 @@ class SvdNormals(Expert):
     """Camera-space normals of a depth dependency (see the module docstring for the encoding).
 
     Parameters: `window` (odd side of the fitting window, pixels), `fov_deg` (horizontal field of
-    view of the camera, degrees). The depth's unit and scale do not matter.
+    view of the camera, degrees). The dependency must declare its quantity: depths are used as they
+    are (their unit and scale do not matter), inverse depth is inverted first.
     """
 
     n_deps = 1
@@ -202,26 +204,22 @@ class SvdNormals(Expert):
     def __init__(self, window: int = 11, fov_deg: float = 75.0):
         check_params(window, fov_deg)
         self.window, self.fov_deg = window, fov_deg
-        self.inverse: bool | None = None  # set by output(): the dependency holds inverse depth
+        self.quantity: str | None = None  # set by output(): what the dependency holds
 
     def output(self, deps: Mapping[str, OutputSpec]) -> OutputSpec:
         (name, spec), = deps.items()
         if spec.channels != 1:
             raise ValueError(f"dependency '{name}' has {spec.channels} channels, normals/svd needs a "
                              f"1-channel depth map")
-        # depth/hf marks the output of disparity models (Depth Anything, DPT) as inverse depth. A
-        # plane is only a plane in depth, so such maps are inverted first (their zeros, the
-        # farthest pixels, get no normal).
-        self.inverse = spec.extra.get("quantity") == "inverse_depth"
+        # A plane is only a plane in depth, so inverse depth (disparity) is inverted first (its
+        # zeros, the farthest pixels, get no normal); a depth's scale does not change its normals.
+        self.quantity = require_quantity(name, spec.quantity, "normals/svd")
         return OutputSpec(channels=3, kind="normals", value_range=(0.0, 1.0),
                           extra={"encoding": "(n+1)/2; camera x right, y down, z forward; "
                                              "n points away from the camera; 0.5 = no normal"})
 
     def __call__(self, frames: np.ndarray, deps: Mapping[str, np.ndarray]) -> np.ndarray:
-        if self.inverse is None:
+        if self.quantity is None:
             raise RuntimeError("normals/svd: output() must be given the dependency's spec first")
-        depth = deps[self.deps[0]][..., 0].astype(np.float32)
-        if self.inverse:
-            with np.errstate(divide="ignore"):
-                depth = 1.0 / depth
+        depth = as_depth(deps[self.deps[0]][..., 0], self.quantity)
         return encode_normals(normals_from_depth(depth, self.fov_deg, self.window))

@@ -9,9 +9,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from experts.depth import inference, load_hf, read_hf_config, to_tensor
+from experts.depth import load_hf, read_hf_config
 from video_pipeline.errors import WeightsError
 from video_pipeline.expert import Expert, OutputSpec
+from video_pipeline.learned import frames_to_tensor, inference
 from video_pipeline.registry import register_expert
 
 # The 8 Dronescapes classes in the order of the PHG-MAE semantic node's channels, and their colours.
@@ -132,12 +133,12 @@ class PhgmaeDistil(Expert):
 
         n, h, w = frames.shape[:3]
         size = self.size or self.meta.train_size or (h, w)
-        rgb = to_tensor(frames, self.device).float()                                 # [N, 3, H, W] 0..255
+        rgb = frames_to_tensor(frames, self.device).float()                          # [N, 3, H, W] 0..255
         if (h, w) != tuple(size):
             rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=True)
         x = torch.zeros(n, self.meta.total_channels, *size, device=self.device)     # masked nodes: 0
         x[:, self._rgb] = (rgb - self._mean) / self._std
-        with inference(self.device):
+        with inference(self.device, self.dtype):
             logits = self.model(x)[:, self._semantic]                                # [N, 8, h', w']
         return class_output(logits, self.output_kind, (h, w))
 
@@ -207,10 +208,10 @@ class HFSemantic(Expert):
         import torch
 
         h, w = frames.shape[1:3]
-        inputs = self.processor(images=list(to_tensor(frames, self.device)), return_tensors="pt",
+        inputs = self.processor(images=list(frames_to_tensor(frames, self.device)), return_tensors="pt",
                                 device=self.device)
         pixels = inputs["pixel_values"].to(self.device)
-        with inference(self.device):
+        with inference(self.device, self.dtype):
             out = self.model(pixel_values=pixels)
         if not self._universal:
             return class_output(out.logits, self.output_kind, (h, w))

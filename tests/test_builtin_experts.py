@@ -20,7 +20,8 @@ BUILTINS = [t for t in registry.list_experts() if registry.origin(t).startswith(
 # A dependency snippet's weights "tiny:NAME" is the tiny model `TinyModels.path(NAME)`.
 PHGMAE_LABELS = {"type": "semantic/phgmae-distil", "weights": "tiny:phgmae", "params": {"size": [48, 64]}}
 PHGMAE_PROBS = {**PHGMAE_LABELS, "params": {"size": [48, 64], "output": "probabilities"}}
-DEPTH = {"type": "depth/hf", "weights": "tiny:depth"}
+DEPTH = {"type": "depth/hf", "weights": "tiny:depth"}  # relative inverse depth (Depth Anything)
+DEPTH_RELATIVE = {**DEPTH, "params": {"normalization": "reciprocal"}}  # 1 / disparity: relative depth
 NORMALS = {"type": "normals/svd", "deps": ["depth"], "params": {"window": 5}}
 
 # type -> ExpertCase fields: the minimal configuration each built-in needs.
@@ -41,9 +42,9 @@ CASES: dict[str, dict] = {
                     "deps": {"coco": {"type": "semantic/hf", "weights": "tiny:segformer-coco"}}},
     "map/vote": {"deps": {"labels": PHGMAE_LABELS, "probabilities": PHGMAE_PROBS}},
     "map/binary": {"params": {"classes": ["land", "road"]}, "deps": {"semantic": PHGMAE_LABELS}},
-    "map/threshold": {"params": {"value": 0.5}, "deps": {"depth": DEPTH}},
+    "map/threshold": {"params": {"value": 0.5, "op": "ge", "quantity": "inverse_depth"}, "deps": {"depth": DEPTH}},
     "map/safe-landing": {"params": {"max_depth": 0.7},
-                         "deps": {"normals": NORMALS, "depth": DEPTH, "semantic": PHGMAE_LABELS}},
+                         "deps": {"normals": NORMALS, "depth": DEPTH_RELATIVE, "semantic": PHGMAE_LABELS}},
 }
 
 

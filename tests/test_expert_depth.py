@@ -84,6 +84,8 @@ def test_raw_depth_is_the_models_own_prediction(model, request):
     expert = setup_expert(path, normalization="raw")
     spec = expert.output({})
     assert spec.kind == "depth" and spec.channels == 1 and spec.dtype == "float16" and spec.value_range is None
+    # Depth Anything predicts relative inverse depth, GLPN metres.
+    assert spec.quantity == {"depth_anything": "inverse_depth", "glpn": "metric_depth"}[model]
     depth = expert(x, {})
     assert depth.shape == (3, 45, 80, 1) and depth.dtype == np.float16
     reference = hf_reference(path, x)
@@ -95,13 +97,28 @@ def test_raw_depth_is_the_models_own_prediction(model, request):
 def test_relative_depth_is_min_max_per_frame(depth_anything):
     x = frames()
     expert = setup_expert(depth_anything)
-    assert expert.output({}).value_range == (0.0, 1.0)
+    assert expert.output({}).value_range == (0.0, 1.0) and expert.output({}).quantity == "inverse_depth"
     depth = expert(x, {}).astype(np.float32)
     assert depth.shape == (3, 45, 80, 1)
     assert np.allclose(depth.min(axis=(1, 2, 3)), 0.0) and np.allclose(depth.max(axis=(1, 2, 3)), 1.0)
     raw = hf_reference(depth_anything, x)
     expected = (raw - raw.min(axis=(1, 2), keepdims=True)) / np.ptp(raw, axis=(1, 2), keepdims=True)
     assert np.abs(depth[..., 0] - expected).max() < (5e-3 if run_device() == "cpu" else 6e-2)
+
+
+def test_quantity_follows_the_normalization(depth_anything, glpn):
+    x = frames(2)
+    # min-max of metres is relative depth; 1 / disparity clipped to [0, 1] is VRE's depth_dpt.
+    assert setup_expert(glpn).output({}).quantity == "relative_depth"
+    reciprocal = setup_expert(depth_anything, normalization="reciprocal")
+    assert (reciprocal.output({}).quantity, reciprocal.output({}).value_range) == ("relative_depth", (0.0, 1.0))
+    with np.errstate(divide="ignore"):
+        expected = np.clip(1 / hf_reference(depth_anything, x), 0, 1)
+    assert np.abs(reciprocal(x, {})[..., 0].astype(np.float32) - expected).max() < 5e-3
+    with pytest.raises(ValueError, match="'reciprocal' turns inverse depth into depth, but this model gives metric_depth"):
+        setup_expert(glpn, normalization="reciprocal").output({})
+    # The `quantity` param overrides the table (for model types it does not list).
+    assert setup_expert(glpn, normalization="raw", quantity="inverse_depth").output({}).quantity == "inverse_depth"
 
 
 def test_size_sets_the_processing_resolution(depth_anything):

@@ -202,10 +202,11 @@ def test_map_binary_names_an_unknown_class_and_the_available_ones():
 
 def test_threshold_alone_and_under_a_mask():
     depth = np.array([0.1, 0.3, 0.5, np.nan], np.float16).reshape(1, 1, 4, 1)
-    depth_spec = OutputSpec(channels=1, kind="depth", value_range=(0, 1))
+    depth_spec = OutputSpec(channels=1, kind="depth", value_range=(0, 1), quantity="relative_depth")
 
     def threshold_row(op: str) -> list[int]:
-        out = run(MapThreshold(value=0.3, op=op), {"depth": depth_spec}, {"depth": depth})
+        out = run(MapThreshold(value=0.3, op=op, quantity="relative_depth"), {"depth": depth_spec},
+                  {"depth": depth})
         assert out.dtype == np.uint8 and out.shape == (1, 1, 4, 1)
         return out[0, 0, :, 0].tolist()
 
@@ -215,8 +216,25 @@ def test_threshold_alone_and_under_a_mask():
 
     buildings = np.array([1, 0, 1, 1], np.uint8).reshape(1, 1, 4, 1)
     specs = {"buildings": OutputSpec(channels=1, kind="binary"), "depth": depth_spec}
-    nearby = run(MapThreshold(value=0.3), specs, {"buildings": buildings, "depth": depth})
+    nearby = run(MapThreshold(value=0.3, quantity="relative_depth"), specs, {"buildings": buildings, "depth": depth})
     assert nearby[0, 0, :, 0].tolist() == [1, 0, 0, 0]
+
+
+def test_threshold_names_the_depth_quantity():
+    inverse = OutputSpec(channels=1, kind="depth", value_range=(0, 1), quantity="inverse_depth")
+    # A threshold on a depth must say which quantity its value is in, and that must be the depth's.
+    with pytest.raises(ValueError, match="'disp' holds inverse_depth: name it in params.quantity"):
+        MapThreshold(value=0.3).output({"disp": inverse})
+    with pytest.raises(ValueError, match="'disp' holds inverse_depth.*got relative_depth"):
+        MapThreshold(value=0.3, quantity="relative_depth").output({"disp": inverse})
+    with pytest.raises(ValueError, match="'d' does not say which depth quantity"):
+        MapThreshold(value=0.3, quantity="relative_depth").output({"d": OutputSpec(channels=1, kind="depth")})
+    with pytest.raises(ValueError, match="params.quantity is for depth dependencies"):
+        MapThreshold(value=0.3, quantity="relative_depth").output(
+            {"f": OutputSpec(channels=1, kind="features")})
+    with pytest.raises(ValueError, match="quantity must be one of"):
+        MapThreshold(value=0.3, quantity="depth")
+    assert MapThreshold(value=0.7, op="ge", quantity="inverse_depth").output({"disp": inverse}).kind == "binary"
 
 
 def test_threshold_refuses_wrong_dependencies():
@@ -255,7 +273,7 @@ def test_safe_landing_rule_on_encoded_normals():
 
 def test_safe_landing_expert_with_and_without_semantics():
     n_spec = OutputSpec(channels=3, kind="normals", value_range=(0, 1))
-    d_spec = OutputSpec(channels=1, kind="depth", value_range=(0, 1))
+    d_spec = OutputSpec(channels=1, kind="depth", value_range=(0, 1), quantity="relative_depth")
     normals = np.broadcast_to(encoded([0.0, 1.0, 0.0]), (1, 1, 4, 3)).astype(np.float16)
     depth = np.full((1, 1, 4, 1), 0.5, np.float16)
     plain = run(MapSafeLanding(), {"normals": n_spec, "depth": d_spec}, {"normals": normals, "depth": depth})
@@ -270,17 +288,19 @@ def test_safe_landing_expert_with_and_without_semantics():
 
 def test_safe_landing_refuses_wrong_dependencies():
     n_spec = OutputSpec(channels=3, kind="normals")
-    d_spec = OutputSpec(channels=1, kind="depth")
+    d_spec = OutputSpec(channels=1, kind="depth", quantity="relative_depth")
     with pytest.raises(ValueError, match=r"takes \[normals, depth\].*got depth \(depth\), normals"):
         MapSafeLanding().output({"depth": d_spec, "normals": n_spec})
     with pytest.raises(ValueError, match="class 'land' is not a class of dependency 's'"):
         MapSafeLanding().output({"normals": n_spec, "depth": d_spec, "s": semantic_spec(("a", "b"))})
     with pytest.raises(ValueError, match="vertical_axis"):
         MapSafeLanding(vertical_axis="w")
-    inverse = OutputSpec(channels=1, kind="depth", extra={"quantity": "inverse_depth"})
+    inverse = OutputSpec(channels=1, kind="depth", quantity="inverse_depth")
     with pytest.raises(ValueError, match="'disp' holds inverse depth .* set max_depth: null"):
         MapSafeLanding().output({"normals": n_spec, "disp": inverse})
     assert MapSafeLanding(max_depth=None).output({"normals": n_spec, "disp": inverse}).kind == "binary"
+    with pytest.raises(ValueError, match="'d' does not say which depth quantity"):
+        MapSafeLanding().output({"normals": n_spec, "d": OutputSpec(channels=1, kind="depth")})
 
 
 def test_map_experts_are_registered_with_their_dependency_rules():

@@ -132,7 +132,7 @@ def test_oblique_ground_is_level_for_the_dronescapes_rule_and_nadir_ground_along
     pitch = math.radians(15)
     down = np.array([0.0, math.cos(pitch), math.sin(pitch)])
     expert = SvdNormals(window=11, fov_deg=FOV).bind("normals", deps=("depth",))
-    expert.output({"depth": OutputSpec(channels=1, kind="depth", extra={"quantity": "depth"})})
+    expert.output({"depth": OutputSpec(channels=1, kind="depth", quantity="metric_depth")})
     depth = plane_depth(down, 30.0)
     encoded = expert(np.zeros((1, H, W, 3), np.uint8), {"depth": depth[None, ..., None] / 1000})
     assert encoded.dtype == np.float16 and encoded.shape == (1, H, W, 3)
@@ -158,13 +158,13 @@ def test_expert_inverts_inverse_depth_and_needs_its_dependency_spec():
     expert = SvdNormals(window=5).bind("normals", deps=("disparity",))
     with pytest.raises(RuntimeError, match="output"):
         expert(frames, {"disparity": depth[None, ..., None]})
-    expert.output({"disparity": OutputSpec(channels=1, kind="depth", extra={"quantity": "inverse_depth"})})
+    expert.output({"disparity": OutputSpec(channels=1, kind="depth", quantity="inverse_depth")})
     disparity = np.nan_to_num(1 / depth)[None, ..., None]  # 0 where the plane is out of sight
     out = expert(frames, {"disparity": disparity})
     seen = np.isfinite(depth)
     assert np.allclose(out[0][seen], (n + 1) / 2, atol=5e-3) and np.allclose(out[0][~seen], 0.5)
     # Read as depth, the same map is no plane: the fit disagrees with the true normal.
-    expert.output({"disparity": OutputSpec(channels=1, kind="depth")})
+    expert.output({"disparity": OutputSpec(channels=1, kind="depth", quantity="relative_depth")})
     wrong = expert(frames, {"disparity": disparity})
     assert np.abs(wrong[0][seen].astype(np.float32) - (n + 1) / 2).max() > 0.1
 
@@ -172,10 +172,14 @@ def test_expert_inverts_inverse_depth_and_needs_its_dependency_spec():
 def test_expert_is_registered_and_declares_its_output():
     assert get_expert("normals/svd") is SvdNormals
     assert SvdNormals.n_deps == 1 and SvdNormals.dep_kinds == ("depth",)
-    out = SvdNormals().output({"depth": OutputSpec(channels=1, kind="depth", value_range=(0, 1))})
+    out = SvdNormals().output({"depth": OutputSpec(channels=1, kind="depth", value_range=(0, 1),
+                                                   quantity="relative_depth")})
     assert (out.channels, out.kind, out.dtype, out.value_range) == (3, "normals", "float16", (0.0, 1.0))
     with pytest.raises(ValueError, match="1-channel"):
         SvdNormals().output({"flowish": OutputSpec(channels=2, kind="depth")})
+    # A depth that does not say what it holds is refused, never guessed.
+    with pytest.raises(ValueError, match="'mystery' does not say which depth quantity"):
+        SvdNormals().output({"mystery": OutputSpec(channels=1, kind="depth")})
 
 
 @pytest.mark.parametrize("params, message", [({"window": 4}, "odd"), ({"window": 1}, "odd"),

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from video_pipeline.quantities import check_quantity
+
 KINDS = ("image", "depth", "normals", "flow", "semantic", "binary", "features")
 # Storage dtype by kind (design contract): labels and pictures as uint8, the rest float16.
 DEFAULT_DTYPE = {"image": "uint8", "semantic": "uint8", "binary": "uint8",
@@ -27,6 +29,10 @@ class OutputSpec:
     `classes`/`palette` are required for `kind="semantic"` (one name and one RGB colour per class;
     `channels` is 1 for a class map, or len(classes) for probabilities with dtype float16).
     `value_range` documents the numeric range (e.g. (0, 1) for relative depth).
+    `quantity` says what the numbers of a `kind="depth"` output are (one of `quantities.QUANTITIES`:
+    metric depth, relative depth, or inverse depth / disparity); only depth outputs have one. Every
+    depth output should declare it: consumers refuse a depth without one, and the shared test
+    battery (`video_pipeline.testing`) checks it.
     """
 
     channels: int
@@ -36,6 +42,7 @@ class OutputSpec:
     palette: tuple[tuple[int, int, int], ...] = ()
     value_range: tuple[float, float] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    quantity: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -48,6 +55,9 @@ class OutputSpec:
             raise ValueError(f"OutputSpec.channels must be >= 1, got {self.channels}")
         if self.palette and len(self.palette) != len(self.classes):
             raise ValueError(f"palette has {len(self.palette)} colours for {len(self.classes)} classes")
+        check_quantity(self.quantity)
+        if self.quantity is not None and self.kind != "depth":
+            raise ValueError(f"OutputSpec.quantity is for depth outputs, not kind {self.kind!r}")
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "palette", tuple(tuple(int(v) for v in c) for c in self.palette))
 
@@ -61,6 +71,8 @@ class OutputSpec:
         out = {"kind": self.kind, "channels": self.channels, "dtype": self.dtype,
                "classes": list(self.classes), "palette": [list(c) for c in self.palette],
                "value_range": list(self.value_range) if self.value_range is not None else None}
+        if self.quantity is not None:
+            out["quantity"] = self.quantity
         out.update(dict(self.extra))
         return out
 

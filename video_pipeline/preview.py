@@ -17,6 +17,7 @@ import numpy as np
 
 from video_pipeline.errors import StoreError, VreError
 from video_pipeline.imageops import resize
+from video_pipeline.quantities import grows_with_distance, quantity_of
 from video_pipeline.store import VideoStore
 
 MAX_TILE = 480           # longest tile side in pixels: 10 modalities of 540x960 -> 1920x810
@@ -67,14 +68,18 @@ def apply_colormap(unit: np.ndarray, colormap: int) -> np.ndarray:
     return np.ascontiguousarray(cv2.applyColorMap(grey, colormap)[..., ::-1])
 
 
-def depth_to_rgb(depth: np.ndarray) -> np.ndarray:
+def depth_to_rgb(depth: np.ndarray, quantity: str | None = None) -> np.ndarray:
     """Depth [H,W] (any unit; NaN where missing) -> uint8 RGB [H,W,3], inferno, normalised per frame.
 
-    The 2nd..98th percentile of the frame spans the colormap (relative and metric depth alike);
-    missing pixels are black.
+    The 2nd..98th percentile of the frame spans the colormap (relative and metric depth alike),
+    near bright and far dark whatever the `quantity` (inverse depth is drawn as it is, depths
+    reversed; None: drawn as it is); missing pixels are black.
     """
     missing = ~np.isfinite(depth)
-    rgb = apply_colormap(normalize(depth), cv2.COLORMAP_INFERNO)
+    shade = normalize(depth)
+    if quantity is not None and grows_with_distance(quantity):
+        shade = 1.0 - shade
+    rgb = apply_colormap(shade, cv2.COLORMAP_INFERNO)
     rgb[missing] = 0
     return rgb
 
@@ -201,7 +206,7 @@ def colorize(arr: np.ndarray, attrs: Mapping, frame: np.ndarray | None = None) -
     if kind == "image":
         return image_to_rgb(arr, value_range)
     if kind == "depth":
-        return depth_to_rgb(arr[..., 0].astype(np.float32))
+        return depth_to_rgb(arr[..., 0].astype(np.float32), quantity_of(attrs))
     if kind == "normals":
         return normals_to_rgb(arr.astype(np.float32))
     if kind == "semantic":

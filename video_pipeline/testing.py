@@ -38,6 +38,7 @@ import zarr
 
 from video_pipeline import registry
 from video_pipeline.expert import KINDS, Expert, OutputSpec
+from video_pipeline.quantities import QUANTITIES
 from video_pipeline.recipe import ExpertSpec, Recipe, check_type, load_recipe
 from video_pipeline.runner import RunOptions, check_output, load_experts, resolve_weights, run
 from video_pipeline.synth import make_clip, scene_frames
@@ -204,6 +205,9 @@ def check_output_spec(spec: OutputSpec) -> None:
         assert not spec.palette or len(spec.palette) == len(spec.classes)
     if spec.kind == "binary":
         assert spec.dtype == "uint8", "binary maps are stored as uint8 0/1"
+    if spec.kind == "depth":
+        assert spec.quantity in QUANTITIES, \
+            f"a depth output must declare its quantity (one of {', '.join(QUANTITIES)}), got {spec.quantity!r}"
     if spec.value_range is not None:
         lo, hi = spec.value_range
         assert lo <= hi, f"value_range {spec.value_range} is not (low, high)"

@@ -29,7 +29,7 @@ class Brightness(Expert):
         self.delay = delay
 
     def output(self, deps):
-        return OutputSpec(channels=1, kind="depth", value_range=(0, 1))
+        return OutputSpec(channels=1, kind="depth", value_range=(0, 1), quantity="relative_depth")
 
     def __call__(self, frames, deps):
         _log(self.name, len(frames))

@@ -1,0 +1,46 @@
+"""Torch helpers every learned expert shares: frames to tensors, and the forward-pass context.
+
+The context honours the recipe's per-expert `dtype` (float32, float16, bfloat16): an expert's
+`self.dtype` is passed in, and when the recipe gives none the expert's own default applies
+(float16 autocast on CUDA and full precision on CPU unless the expert says otherwise).
+Torch is imported inside the functions: a module importing this one stays fast to import.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+
+def frames_to_tensor(frames: np.ndarray, device: str):
+    """uint8 [N, H, W, 3] numpy -> uint8 torch [N, 3, H, W] on `device` (a channels-last view)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2)
+
+
+def compute_dtype(device: str, dtype: str | None, cuda_default: str = "float16",
+                  cpu_default: str = "float32") -> str:
+    """The dtype a forward pass computes in: the recipe's `dtype`, else the default for the device."""
+    import torch
+
+    if dtype is not None:
+        return dtype
+    return cuda_default if torch.device(device).type == "cuda" else cpu_default
+
+
+def inference(device: str, dtype: str | None = None, cuda_default: str = "float16",
+              cpu_default: str = "float32"):
+    """Context for a forward pass on `device`: no autograd, autocast to `compute_dtype(...)`.
+
+    float32 runs without autocast; float16/bfloat16 autocast on the device's type (CPU included,
+    where torch supports both). Outputs may come back in the reduced dtype: callers cast.
+    """
+    import torch
+
+    chosen = compute_dtype(device, dtype, cuda_default, cpu_default)
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    if chosen != "float32":
+        stack.enter_context(torch.autocast(torch.device(device).type, dtype=getattr(torch, chosen)))
+    return stack
