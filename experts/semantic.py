@@ -105,18 +105,19 @@ class PhgmaeDistil(Expert):
     def setup(self, device: str) -> None:
         import torch
 
-        from video_pipeline.phgmae.model import model_from_checkpoint
-        from video_pipeline.weights import load_checkpoint
+        from video_pipeline.errors import VreError
+        from video_pipeline.phgmae.inference import load
 
         self.device = device
         if self.weights_path is None:
             raise WeightsError(f"expert '{self.name}': semantic/phgmae-distil needs weights: (a PHG-MAE "
                                f"checkpoint file, e.g. phgmae_distil_safeuav_430k.ckpt)")
         try:
-            model, meta = model_from_checkpoint(load_checkpoint(self.weights_path))
+            loaded = load(self.weights_path, device)
+            model, meta = loaded.model, loaded.layout.meta
             rgb, semantic = meta.slice("rgb"), meta.slice("semantic_output")
             stats = meta.statistics["rgb"]
-        except (ValueError, KeyError) as err:
+        except (VreError, ValueError, KeyError) as err:
             raise WeightsError(f"expert '{self.name}': {self.weights_path} is not a usable PHG-MAE "
                                f"checkpoint: {err}") from None
         if rgb.stop - rgb.start != 3 or semantic.stop - semantic.start != len(DRONESCAPES_CLASSES):

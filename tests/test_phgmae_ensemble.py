@@ -360,3 +360,31 @@ optimizer: {{lr: 0.01}}
     for r in rows:
         assert math.isfinite(r["train"]["loss"]) and r["train"]["loss"] > 0
         assert math.isfinite(r["validation"]["nodes"]["semantic_output"]["loss"])
+
+
+# ---------------------------------------------------------------------------------------- released checkpoint
+def test_released_checkpoint_is_a_class_model_with_its_masking_policy(tmp_path, capsys):
+    """The released PHG-MAE-Distil file: semantic_output is a class node (the 8 classes its metrics
+    name) and its output, rgb always visible (included_tasks), drop_task_percent 50 read; `vre
+    ensemble` runs it with vote, writing probabilities and an entropy, like a checkpoint of `vre train`."""
+    from PIL import Image
+
+    from tests.conftest import shared_path
+
+    ckpt = shared_path("weights", "phgmae_distil_safeuav_430k.ckpt")
+    loaded = inf.load(ckpt)
+    node = loaded.layout.node("semantic_output")
+    assert node.kind == "class" and node.classes[:2] == ("land", "forest") and len(node.classes) == 8
+    assert loaded.layout.outputs == ("semantic_output",)
+    assert loaded.masking == {"probability": 0.5, "always_visible": ["rgb"], "never_visible": ["semantic_output"]}
+    photo = np.asarray(Image.open(shared_path("data", "uav_toledo", "DJI_0061.jpg")).resize((96, 72)))
+    store = write_store(tmp_path / "real.zarr", {"rgb": (photo[None], {"kind": "image"})})
+    assert vre_main(["ensemble", str(ckpt), str(store), "-k", "2", "--aggregation", "vote"]) == 0
+    assert "pass 1: sees rgb" in capsys.readouterr().out                    # rgb is never hidden
+    s = VideoStore.open(store)
+    probs = s.read("ensemble_semantic_output", np.arange(1)).astype(np.float32)
+    attrs = dict(s.array("ensemble_semantic_output").attrs)
+    assert probs.shape == (1, 72, 96, 8) and attrs["kind"] == "semantic" and attrs["classes"][6] == "sky"
+    assert attrs["params"]["aggregation"] == "vote" and np.allclose(probs.sum(-1), 1.0, atol=2e-3)
+    assert (probs.max(-1) == 1.0).mean() > 0.8     # votes of two identical passes: one-hot (blended at edges)
+    assert dict(s.array("ensemble_semantic_output_uncertainty").attrs)["measure"] == "entropy"

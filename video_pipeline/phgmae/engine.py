@@ -116,22 +116,56 @@ class NodeLayout:
 
     @classmethod
     def from_checkpoint(cls, ckpt: Mapping) -> "NodeLayout":
-        """The layout a checkpoint was trained with. Nodes the checkpoint does not describe (the
-        released checkpoints describe none) are taken as regression nodes read from a modality
-        of the same name."""
+        """The layout a checkpoint was trained with.
+
+        Checkpoints of `vre train` describe their nodes (data.parameters.nodes, outputs). Released
+        PHG-MAE checkpoints (a Lightning-style cfg) describe none: there a node whose metrics list
+        class names (train.metrics.metrics_overwrites.<node>: mean_iou with `classes`, as many as
+        its channels) is a class node, the masking's `excluded_tasks` are the outputs, and every
+        other node is a regression node; each is read from the store modality of its own name.
+        """
         from video_pipeline.phgmae.model import meta_from_cfg
 
         cfg = ckpt["hyper_parameters"]["cfg"]
         meta = meta_from_cfg(cfg, ckpt["hyper_parameters"].get("statistics"))
         params = cfg.get("data", {}).get("parameters", {})
         described = params.get("nodes") or {}
+        outputs = tuple(params.get("outputs") or ())
+        released = released_masking(cfg) if not described else None
+        if released is not None:
+            outputs = tuple(n for n in released.get("never_visible", ()) if n in meta.nodes)
         nodes = []
         for name in meta.nodes:
-            d = described.get(name, {})
+            d = described.get(name) or (released_node(cfg, name, meta.channels[name]) if not described else {})
             nodes.append(Node(name, d.get("kind", "regression"), meta.channels[name], d.get("modality", name),
                               tuple(d.get("classes") or ()), tuple(tuple(c) for c in d.get("palette") or ())))
-        return cls(tuple(nodes), tuple(params.get("outputs") or ()), dict(meta.statistics),
+        return cls(tuple(nodes), outputs, dict(meta.statistics),
                    params.get("normalization", "standardization"), meta.train_size)
+
+
+def released_node(cfg: Mapping, name: str, channels: int) -> dict:
+    """{kind: class, classes} for a node of a released cfg whose metrics name `channels` classes
+    (train.metrics.metrics_overwrites.<name>: [{name: mean_iou, parameters: {classes}}]); else {}."""
+    overwrites = (((cfg.get("train") or {}).get("metrics") or {}).get("metrics_overwrites") or {}).get(name) or ()
+    for metric in overwrites:
+        classes = ((metric or {}).get("parameters") or {}).get("classes") if isinstance(metric, Mapping) else None
+        if classes and len(classes) == channels:
+            return {"kind": "class", "classes": [str(c) for c in classes]}
+    return {}
+
+
+def released_masking(cfg: Mapping) -> dict | None:
+    """The masking policy a released cfg records (train.algorithm.masking.parameters), in the form
+    of `vre train`'s masking section: drop_task_percent -> probability (a share), included_tasks ->
+    always_visible, excluded_tasks -> never_visible. None when the cfg records none."""
+    algorithm = (cfg.get("train") or {}).get("algorithm") or {}
+    masking = algorithm.get("masking") if isinstance(algorithm, Mapping) else None
+    p = (masking or {}).get("parameters") if isinstance(masking, Mapping) else None
+    if not isinstance(p, Mapping) or "drop_task_percent" not in p:
+        return None
+    return {"probability": float(p["drop_task_percent"]) / 100.0,
+            "always_visible": [str(n) for n in p.get("included_tasks") or ()],
+            "never_visible": [str(n) for n in p.get("excluded_tasks") or ()]}
 
 
 def layout_from_dataset(dataset, nodes: Sequence[str], outputs: Sequence[str]) -> NodeLayout:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from video_pipeline.errors import VreError
-from video_pipeline.phgmae.engine import NodeLayout, dataset_statistics, forward_nodes, node_inputs
+from video_pipeline.phgmae.engine import NodeLayout, dataset_statistics, forward_nodes, node_inputs, released_masking
 from video_pipeline.phgmae.losses import DEFAULT_LOSS, LossSpec
 from video_pipeline.phgmae.masking import MaskPolicy, sample_mask
 from video_pipeline.store import VideoStore
@@ -89,8 +89,10 @@ class Loaded:
 
     @property
     def masking(self) -> Mapping:
-        """The training masking policy, with the learned probabilities in place of the initial ones."""
-        masking = self.train.get("masking") or {}
+        """The training masking policy (a released checkpoint's drop_task_percent, included_tasks
+        and excluded_tasks read as probability, always_visible, never_visible), with the learned
+        probabilities in place of the initial ones."""
+        masking = self.train.get("masking") or released_masking({"train": self.train}) or {}
         return {**masking, "probability": dict(self.learned_masking)} if self.learned_masking else masking
 
     def provenance(self) -> dict:
