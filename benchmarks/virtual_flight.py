@@ -41,12 +41,9 @@ def store_flow(store_path: Path, step: tuple[float, float]) -> None:
     store = VideoStore.open(store_path, "r+")
     t, (h, w) = store.n_frames, store.meta["resolution"]
     flow = flight_flow((h, w), step).astype(np.float16)
-    store.ensure_array(ArraySpec("flow_true", 2, "float16", {"type": "synthetic", "kind": "flow", "channels": 2,
-                                                             "step": list(step)}), h, w)
-    for s in range(store.n_shards):
-        idx = np.arange(s * store.shard_frames, min((s + 1) * store.shard_frames, t))
-        store.write_frames("flow_true", idx, np.broadcast_to(flow, (len(idx), h, w, 2)))
-        store.mark_done("flow_true", idx)
+    store.write_array(ArraySpec("flow_true", 2, "float16", {"type": "synthetic", "kind": "flow", "channels": 2,
+                                                            "step": list(step)}),
+                      np.broadcast_to(flow, (t, h, w, 2)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,8 +73,6 @@ def one_thread():
 
 def write_store(path: Path, arrays: dict, shard_frames: int = 4) -> Path:
     """A store of {name: (data [T, H, W, C], attrs)}, every frame done."""
-    import numpy as np
-
     from video_pipeline.store import ArraySpec, VideoStore
 
     n, h, w = next(iter(arrays.values()))[0].shape[:3]
@@ -82,9 +80,5 @@ def write_store(path: Path, arrays: dict, shard_frames: int = 4) -> Path:
     store.init_meta({"experts": {}}, "test", {"path": "synthetic", "n_frames": n, "fps": 1.0, "height": h,
                                               "width": w}, "test", shard_frames, (h, w))
     for name, (data, attrs) in arrays.items():
-        store.ensure_array(ArraySpec(name, data.shape[-1], str(data.dtype), attrs), h, w)
-        for a in range(0, n, shard_frames):
-            idx = np.arange(a, min(a + shard_frames, n))
-            store.write_frames(name, idx, data[idx])
-            store.mark_done(name, idx)
+        store.write_array(ArraySpec(name, data.shape[-1], str(data.dtype), attrs), data)
     return path

@@ -10,9 +10,9 @@ import torch
 import zarr
 
 from video_pipeline import dataset as ds_mod
-from video_pipeline.dataset import FrameReader, StoreDataset, compute_stats, format_stats
+from video_pipeline.dataset import StoreDataset, compute_stats, format_stats
 from video_pipeline.errors import VreError
-from video_pipeline.store import ArraySpec, VideoStore
+from video_pipeline.store import ArraySpec, FrameReader, VideoStore
 
 T, H, W, SHARD = 12, 32, 48, 4
 CLASSES = ["land", "forest", "residential", "road", "little-objects", "water", "sky", "hill"]
@@ -47,12 +47,8 @@ def write_store(path: Path, data: dict[str, np.ndarray], done: dict[str, np.ndar
                  "channels": arr.shape[-1], "dtype": str(arr.dtype),
                  "classes": CLASSES[:arr.shape[-1]] if name == "probs" else CLASSES if kind == "semantic" else [],
                  "palette": [], "value_range": None}
-        store.ensure_array(ArraySpec(name, arr.shape[-1], str(arr.dtype), attrs), h, w)
         frames = np.asarray(done[name] if done and name in done else np.arange(n), np.int64)
-        for s in np.unique(frames // shard):
-            idx = frames[frames // shard == s]
-            store.write_frames(name, idx, arr[idx])
-            store.mark_done(name, idx)
+        store.write_array(ArraySpec(name, arr.shape[-1], str(arr.dtype), attrs), arr[frames], frames)
     return store
 
 

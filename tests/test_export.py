@@ -94,7 +94,7 @@ def test_round_trip_store_export_import_export_is_byte_identical(two_stores):
     assert tree(root / "second") == tree(root / "first")
 
     imported = VideoStore.open(root / "stores" / "va.zarr")
-    numbers = imported.group["_index/frame_number"][:]
+    numbers = imported.frame_numbers()
     assert numbers.tolist() == [1, 2, 3, 6, 7, 9]
     assert imported.meta["splits"] == {"test": [3, 6, 7], "train": [1, 2, 3, 9]}
     original = VideoStore.open(root / "va.zarr")
@@ -154,7 +154,7 @@ def test_import_public_layout_reports_and_skips_bad_files(tmp_path):
     assert "not an .npz or .npy file" in why[f"train_set/rgb/part0/{video}_240.npz"]
 
     store = VideoStore.open(tmp_path / "stores" / f"{video}.zarr")
-    numbers = store.group["_index/frame_number"][:].tolist()
+    numbers = store.frame_numbers().tolist()
     assert numbers == [60, 120, 180, 240, 1200, 1260]
     assert store.meta["splits"] == {"test_set": [1200, 1260], "test_set_annotated_only": [1200, 1260],
                                     "train_set": [60, 120, 180, 240]}

@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
-from numcodecs import blosc
 
 from video_pipeline.errors import VreError
-from video_pipeline.export import frame_numbers, load_splits, split_mask, store_name
+from video_pipeline.export import load_splits, split_mask
 from video_pipeline.imageops import resize
-from video_pipeline.store import VideoStore, contiguous_runs
+from video_pipeline.store import FrameReader, VideoStore, contiguous_runs, store_name
 
 NORMALIZATIONS = ("none", "min_max", "standardization")
 MISSING = ("raise", "drop", "fill_zero", "fill_nan")
@@ -259,87 +258,6 @@ def merge_stats(parts: Sequence[Mapping]) -> dict:
             "mean": mean.tolist(), "std": np.sqrt(var).tolist()}
 
 
-# ---------------------------------------------------------------------------------------- frame reads
-_EMPTY = 2 ** 64 - 1  # offset/size of a chunk that was never written (zarr sharding spec)
-
-
-class FrameReader:
-    """Reads one frame [H,W,C] of a modality array, in its stored dtype, into a reused buffer.
-
-    store.py writes every array in one layout: one chunk per frame inside shards of `shard_frames`
-    frames, Blosc-compressed. Through zarr's generic path a single-frame read costs several
-    milliseconds of Python, async hand-offs and copies; here the frame's chunk is located with the
-    shard index (zarr v3 sharding: little-endian uint64 (offset, size) pairs at the end of the shard
-    file, then a crc32c) and decoded straight into the buffer. Arrays in any other layout, or on a
-    big-endian machine, are read through zarr.
-    """
-
-    def __init__(self, store_path: Path, name: str):
-        self.root = store_path / name
-        self.array = zarr.open_array(str(self.root), mode="r", zarr_format=3)
-        shape = tuple(self.array.shape)
-        self.buffer = np.empty(shape[1:], dtype=self.array.dtype)
-        self.fill = self.array.fill_value
-        self.shard_frames = self._direct_layout(json.loads((self.root / "zarr.json").read_text()), shape)
-        self.indexes: dict[tuple, np.ndarray] = {}
-
-    @staticmethod
-    def _direct_layout(meta: dict, shape: tuple) -> int | None:
-        """Frames per shard if the array has store.py's layout (readable directly), else None."""
-        try:
-            (codec,) = meta["codecs"]
-            conf = codec["configuration"]
-            inner = [c["name"] for c in conf["codecs"]]
-            index = [c["name"] for c in conf["index_codecs"]]
-            endian = {c.get("configuration", {}).get("endian", "little")
-                      for c in conf["codecs"] + conf["index_codecs"] if c["name"] == "bytes"}
-            shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
-            ok = (len(shape) == 4 and codec["name"] == "sharding_indexed" and inner == ["bytes", "blosc"]
-                  and index == ["bytes", "crc32c"] and endian == {"little"}
-                  and conf.get("index_location", "end") == "end"
-                  and list(conf["chunk_shape"]) == [1, *shape[1:]] and list(shard[1:]) == list(shape[1:])
-                  and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
-                  and meta["data_type"] in ("uint8", "float16", "float32") and sys.byteorder == "little")
-        except (KeyError, TypeError, ValueError):
-            return None
-        return int(shard[0]) if ok else None
-
-    def read(self, position: int, fresh: bool = False) -> np.ndarray:
-        """Frame at `position` [H,W,C]: a new array if `fresh`, else the reader's buffer (which the
-        next read overwrites)."""
-        out = np.empty_like(self.buffer) if fresh else self.buffer
-        if self.shard_frames is None:
-            out[...] = self.array[position]
-            return out
-        shard, k = divmod(position, self.shard_frames)
-        path = self.root / "c" / str(shard) / "0" / "0" / "0"  # shards span whole frames
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            out.fill(self.fill)
-            return out
-        try:
-            st = os.fstat(fd)
-            key = (shard, st.st_size, st.st_mtime_ns)  # a rewritten shard has a new index
-            index = self.indexes.get(key)
-            if index is None:
-                nbytes = self.shard_frames * 16
-                raw = os.pread(fd, nbytes, st.st_size - nbytes - 4)
-                index = np.frombuffer(raw, dtype="<u8").reshape(self.shard_frames, 2)
-                if len(self.indexes) > 64:
-                    self.indexes.clear()
-                self.indexes[key] = index
-            offset, size = int(index[k, 0]), int(index[k, 1])
-            if offset == _EMPTY:
-                out.fill(self.fill)
-                return out
-            chunk = os.pread(fd, size, offset)
-        finally:
-            os.close(fd)
-        blosc.decompress(chunk, out)
-        return out
-
-
 # ---------------------------------------------------------------------------------------- dataset
 @dataclass(frozen=True)
 class ModalitySpec:
@@ -484,7 +402,7 @@ class StoreDataset(torch.utils.data.Dataset):
         splits = load_splits(splits_file) if splits_file else None
         store_idx, positions, numbers_out, present = [], [], [], []
         for s, store in enumerate(stores):
-            numbers = frame_numbers(store)
+            numbers = store.frame_numbers()
             mask = _frames_mask(frames, numbers, str(store.path))
             if split is not None:
                 mask &= self._split_mask(store, numbers, split, splits, splits_file)
@@ -712,12 +630,18 @@ def make_bench_store(path: Path, n_frames: int = 64, size: tuple[int, int] = (54
     classes = ["land", "forest", "residential", "road", "little-objects", "water", "sky", "hill"]
     for name, (data, kind) in arrays.items():
         attrs = {"kind": kind, "channels": data.shape[-1], "classes": classes if kind == "semantic" else []}
-        store.ensure_array(ArraySpec(name, data.shape[-1], str(data.dtype), attrs), *size)
-        for a in range(0, n_frames, 32):
-            idx = np.arange(a, min(a + 32, n_frames))
-            store.write_frames(name, idx, data[idx % len(data)])
-            store.mark_done(name, idx)
+        store.write_array(ArraySpec(name, data.shape[-1], str(data.dtype), attrs), _Repeat(data, n_frames))
     return path
+
+
+class _Repeat:
+    """Frames data [U,H,W,C] seen as [n,H,W,C], frame t being data[t % U]; slices are made on demand."""
+
+    def __init__(self, data: np.ndarray, n: int):
+        self.data, self.shape = data, (n, *data.shape[1:])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return self.data[np.arange(self.shape[0])[rows] % len(self.data)]
 
 
 def bench(store: Path, workers: int, batch_size: int, seconds: float, start_method: str | None,

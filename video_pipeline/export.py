@@ -32,11 +32,10 @@ import numpy as np
 from video_pipeline import __version__
 from video_pipeline.errors import RecipeError, StoreError, VreError
 from video_pipeline.recipe import NAME_RE, RESERVED_NAMES, sha256_of
-from video_pipeline.store import ArraySpec, VideoStore, shard_groups
+from video_pipeline.store import ArraySpec, VideoStore, shard_groups, store_name
 from video_pipeline.yamlio import LineDict, load_yaml
 
 ALL = "all"  # the split every frame goes to without a split file
-FRAME_NUMBER = "_index/frame_number"
 VOLATILE_ATTRS = ("statistics", "skipped", "revision")  # array attrs that are not a description
 SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")  # \Z: "$" would let a final newline in
 RANGE_RE = re.compile(r"^(\d*)\.\.(\d*)$")
@@ -231,7 +230,7 @@ def export_dronescapes(stores: list[Path], out_dir: Path, splits: Path | None, n
             if name not in store.names:
                 raise StoreError(f"{store.path}: has no modality '{name}' (it has: {', '.join(store.names)}); "
                                  f"drop it from --modalities")
-        numbers = frame_numbers(store)
+        numbers = store.frame_numbers()
         masks = ({s: split_mask(v.get(video), numbers) for s, v in split_spec.items()} if split_spec
                  else {ALL: np.ones(len(numbers), bool)})
         if split_spec and not any(video in v for v in split_spec.values()):
@@ -284,7 +283,7 @@ def _export_block(out_dir: Path, store_path: str, video: str, names: Sequence[st
                   splits: Mapping[str, np.ndarray]) -> dict:
     """Write the files of frames `positions` (one shard) of every modality into their splits."""
     store = VideoStore.open(store_path)
-    numbers = frame_numbers(store)[positions]
+    numbers = store.frame_numbers()[positions]
     written = unchanged = 0
     samples = {}
     for name in names:
@@ -307,20 +306,6 @@ def _export_block(out_dir: Path, store_path: str, video: str, names: Sequence[st
                 else:
                     unchanged += 1
     return {"written": written, "unchanged": unchanged, "samples": samples}
-
-
-def store_name(path: str | Path) -> str:
-    """The video name of a store: its folder name without `.zarr`."""
-    name = Path(path).name
-    return name[:-5] if name.endswith(".zarr") else name
-
-
-def frame_numbers(store: VideoStore) -> np.ndarray:
-    """int64 [T]: the frame number of each stored position (the positions themselves, unless the
-    store keeps a frame-index table `_index/frame_number`, as imported sparse stores do)."""
-    if FRAME_NUMBER in store.group:
-        return store.group[FRAME_NUMBER][:].astype(np.int64)
-    return np.arange(store.n_frames, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------- import
@@ -471,7 +456,7 @@ def _import_video(src: Path, out_dir: Path, video: str, by_modality: Mapping, de
     meta["splits"] = {s: [int(f) for f in frames] for s, frames in sorted(splits.items())}
     meta["imported_from"] = {"format": "dronescapes", "path": str(src)}
     store.set_meta(meta)
-    store.group.create_array(FRAME_NUMBER, data=numbers, overwrite=True)
+    store.set_frame_numbers(numbers)
     counts = {}
     for name, plan in plans.items():
         counts[name] = _write_modality(store, name, plan, position, skipped)

@@ -340,7 +340,7 @@ def run_parallel(recipe: Recipe, args) -> int:
                 _run_ray(run, args.ray, n_workers)
             for prepared, stats in zip(run.prepared, run.stats):
                 if stats.skipped:
-                    record_skips(prepared.store, stats.skipped)
+                    prepared.store.record_skips(stats.skipped)
     finally:
         if pool is not None:
             pool.close()
@@ -361,17 +361,6 @@ def run_parallel(recipe: Recipe, args) -> int:
             print(f"skipped expert '{name}': {why}", file=sys.stderr)
             code = 3
     return code
-
-
-def record_skips(store: VideoStore, skipped: dict[str, str]) -> None:
-    """Record `--on-error skip` reasons of every worker in the store (workers record their own, but
-    concurrent updates of the root metadata may lose one)."""
-    meta = store.meta
-    meta.setdefault("skipped", {}).update(skipped)
-    store.set_meta(meta)
-    for name, why in skipped.items():
-        if name in store.group:
-            store.array(name).attrs["skipped"] = why
 
 
 def _worker_spec(run: _Run, threads: int | None) -> WorkerSpec:

@@ -275,11 +275,7 @@ class UnitExecutor:
     def skip(self, name: str, reason: str) -> None:
         """--on-error skip: stop computing `name` for this run and record why in the store."""
         self.skipped[name] = reason
-        if name in self.store.group:
-            self.store.array(name).attrs["skipped"] = reason
-        meta = self.store.meta
-        meta.setdefault("skipped", {})[name] = reason
-        self.store.set_meta(meta)
+        self.store.record_skips({name: reason})
 
 
 class ShardWriter:
@@ -458,11 +454,8 @@ def prepare(recipe: Recipe, video: Video, out: str | Path, options: RunOptions) 
     merged = reconcile(recipe, store, info, size, asked if options.overwrite else set())
     if options.overwrite:
         for name in asked:  # an overwritten expert may change shape: start its array afresh
-            if name in store.group and _array_differs(store, recipe.experts[name], size):
-                del store.group[name]
-                for flags in ("_progress", "_frames"):
-                    if f"{flags}/{name}" in store.group:
-                        del store.group[f"{flags}/{name}"]
+            if name in store and _array_differs(store, recipe.experts[name], size):
+                store.remove(name)
     store.init_meta(merged, sha256_of(merged), info, __version__, recipe.shard_frames, size)
     if store.load_index() is None:
         store.save_index(video.index.to_arrays(), video.index.time_base)
@@ -508,7 +501,7 @@ def run(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOpt
 
 
 def _array_differs(store: VideoStore, spec: ExpertSpec, size) -> bool:
-    arr = store.group[spec.name]
+    arr = store.array(spec.name)
     return tuple(arr.shape[1:]) != (*size, spec.output.channels) or str(arr.dtype) != spec.output.dtype
 
 

@@ -13,6 +13,8 @@ Layout (design contract):
                                 single frames; a shard's flag is set when all its frames are done)
       _index/pts, _index/keyframe   the demuxed frame index of the video (int64, bool [T]), plus
                                     _index/counted, _index/truncated (bool [1], see video.FrameIndex)
+      _index/frame_number       int64 [T], only in imported sparse stores: the original frame
+                                number of each position (see `VideoStore.frame_numbers`)
 
 Durability order for a shard: data written (zarr writes each object to a temporary file and renames
 it), then its `_progress` flag (if the shard is complete), then its `_frames` entries, which runs
@@ -31,6 +33,7 @@ import math
 import os
 import re
 import shutil
+import sys
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from numcodecs import blosc
 from zarr.codecs import BloscCodec
 
 from video_pipeline.errors import StoreError
@@ -47,6 +51,8 @@ META_KEY = "video_pipeline"
 PRIVATE_GROUPS = ("_progress", "_frames", "_index")
 # zarr's LocalStore writes each object to `<key without suffix>.<uuid4 hex>.partial`, then renames it
 TEMP_FILE = re.compile(r"\.[0-9a-f]{32}\.partial$")
+FLAG_GROUPS = ("_progress", "_frames")  # one flag array per modality in each
+FRAME_NUMBER = "_index/frame_number"
 
 
 def compressor(clevel: int = 1) -> BloscCodec:
@@ -101,6 +107,12 @@ def contiguous_runs(indices: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(a), int(indices[a]), int(indices[b - 1]) + 1) for a, b in zip(starts, stops)]
 
 
+def store_name(path: str | Path) -> str:
+    """The video name of a store: its folder name without `.zarr`."""
+    name = Path(path).name
+    return name[:-5] if name.endswith(".zarr") else name
+
+
 @contextmanager
 def writing(path: Path, what: str):
     """Turn an OSError while writing `what` (a full disk, a read-only or vanished folder) into a
@@ -115,8 +127,10 @@ def writing(path: Path, what: str):
 class VideoStore:
     """A store of one video: created or opened with `VideoStore.open`.
 
-    Writing API used by the runner: `ensure_array`, `write_frames`, `mark_done`.
-    Reading API: `names`, `array`, `done_frames`, `done_shards`, `meta`.
+    Writing API used by the runner: `ensure_array`, `write_frames`, `mark_done`, `record_skips`;
+    `write_array` writes a whole array in one call, `remove` deletes one with its flags.
+    Reading API: `names`, `name in store`, `array`, `read`, `reader`, `done_frames`, `done_shards`,
+    `frame_numbers`, `meta`. No other module touches the zarr group: the layout lives here.
     """
 
     def __init__(self, path: Path, group: zarr.Group):
@@ -197,6 +211,10 @@ class VideoStore:
         order = list(self.meta.get("recipe", {}).get("experts", {}))
         return [n for n in order if n in present] + sorted(present - set(order))
 
+    def __contains__(self, name: str) -> bool:
+        """Whether modality array `name` exists."""
+        return name in self.group and name.split("/")[0] not in PRIVATE_GROUPS
+
     def array(self, name: str) -> zarr.Array:
         try:
             return self.group[name]
@@ -222,6 +240,18 @@ class VideoStore:
             return None
         arrays = {k: grp[k][...] for k in grp.array_keys()}
         return arrays, float(grp.attrs.get("time_base", 0.0))
+
+    def frame_numbers(self) -> np.ndarray:
+        """int64 [T]: the frame number of each stored position (the positions themselves, unless the
+        store keeps a frame-number table `_index/frame_number`, as imported sparse stores do)."""
+        if FRAME_NUMBER in self.group:
+            return self.group[FRAME_NUMBER][:].astype(np.int64)
+        return np.arange(self.n_frames, dtype=np.int64)
+
+    def set_frame_numbers(self, numbers: np.ndarray) -> None:
+        """Store the original frame number of each position, int64 [T] (imported sparse stores)."""
+        with writing(self.path, "the frame numbers"):
+            self.group.create_array(FRAME_NUMBER, data=np.asarray(numbers, np.int64), overwrite=True)
 
     # ----------------------------------------------------------------- arrays
     def ensure_array(self, spec: ArraySpec, height: int, width: int) -> zarr.Array:
@@ -250,6 +280,25 @@ class VideoStore:
                     self.group.create_array(key, shape=(length,), dtype="uint8", chunks=(chunk,),
                                             fill_value=0, compressors=None)
         return arr
+
+    def remove(self, name: str) -> None:
+        """Delete modality array `name` and its flags (nothing if it is absent)."""
+        with writing(self.path, f"modality '{name}'"):
+            for key in (name, *(f"{flags}/{name}" for flags in FLAG_GROUPS)):
+                if key in self.group:
+                    del self.group[key]
+        self._writers.pop(name, None)
+
+    def write_array(self, spec: ArraySpec, data: np.ndarray, frames: np.ndarray | None = None) -> None:
+        """Create array `spec.name` if missing and write data [K,H,W,C] at sorted frame indices
+        `frames` int64 [K] (default: every frame, K = T), a shard at a time, flagging them done."""
+        frames = np.arange(self.n_frames) if frames is None else np.asarray(frames, np.int64)
+        self.ensure_array(spec, *data.shape[1:3])
+        row = 0
+        for idx in shard_groups(frames, self.shard_frames).values():
+            self.write_frames(spec.name, idx, data[row:row + len(idx)])
+            self.mark_done(spec.name, idx)
+            row += len(idx)
 
     def write_frames(self, name: str, indices: np.ndarray, data: np.ndarray) -> None:
         """Write data [K,H,W,C] at sorted frame `indices` [K] (all in one shard)."""
@@ -289,6 +338,19 @@ class VideoStore:
         for s in shards:
             progress[int(s)] = 0
 
+    def record_skips(self, skipped: Mapping[str, str]) -> None:
+        """Record `--on-error skip` reasons {expert name: why} in the root metadata and on each
+        skipped expert's array (when it exists)."""
+        if not skipped:
+            return
+        meta = self.meta
+        meta.setdefault("skipped", {}).update(skipped)
+        self.set_meta(meta)
+        for name, why in skipped.items():
+            if name in self:
+                with writing(self.path, f"modality '{name}'"):
+                    self.array(name).attrs["skipped"] = why
+
     def done_frames(self, name: str) -> np.ndarray:
         """bool [T]: frames of `name` that are durable (all False if the array does not exist)."""
         key = f"_frames/{name}"
@@ -309,6 +371,12 @@ class VideoStore:
         parts = [arr[start:stop] for _, start, stop in contiguous_runs(indices)]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
+    def reader(self, name: str) -> "FrameReader":
+        """A fast reader of single frames of `name` (see FrameReader)."""
+        if name not in self:
+            self.array(name)  # the StoreError naming the modalities
+        return FrameReader(self.path, name)
+
     def summary(self) -> dict:
         """JSON-safe description for `vre inspect`: modalities, shapes, dtypes, completion, provenance."""
         meta = self.meta
@@ -326,6 +394,86 @@ class VideoStore:
                 "deps": attrs.get("deps", []), "weights": attrs.get("weights"),
                 "params": attrs.get("params", {}), "skipped": attrs.get("skipped"),
                 "bytes": dir_size(self.path / name)}
+        return out
+
+
+_EMPTY = 2 ** 64 - 1  # offset/size of a chunk that was never written (zarr sharding spec)
+
+
+class FrameReader:
+    """Reads one frame [H,W,C] of a modality array, in its stored dtype, into a reused buffer.
+
+    VideoStore writes every array in one layout: one chunk per frame inside shards of `shard_frames`
+    frames, Blosc-compressed. Through zarr's generic path a single-frame read costs several
+    milliseconds of Python, async hand-offs and copies; here the frame's chunk is located with the
+    shard index (zarr v3 sharding: little-endian uint64 (offset, size) pairs at the end of the shard
+    file, then a crc32c) and decoded straight into the buffer. Arrays in any other layout, or on a
+    big-endian machine, are read through zarr.
+    """
+
+    def __init__(self, store_path: Path, name: str):
+        self.root = store_path / name
+        self.array = zarr.open_array(str(self.root), mode="r", zarr_format=3)
+        shape = tuple(self.array.shape)
+        self.buffer = np.empty(shape[1:], dtype=self.array.dtype)
+        self.fill = self.array.fill_value
+        self.shard_frames = self._direct_layout(json.loads((self.root / "zarr.json").read_text()), shape)
+        self.indexes: dict[tuple, np.ndarray] = {}
+
+    @staticmethod
+    def _direct_layout(meta: dict, shape: tuple) -> int | None:
+        """Frames per shard if the array has store.py's layout (readable directly), else None."""
+        try:
+            (codec,) = meta["codecs"]
+            conf = codec["configuration"]
+            inner = [c["name"] for c in conf["codecs"]]
+            index = [c["name"] for c in conf["index_codecs"]]
+            endian = {c.get("configuration", {}).get("endian", "little")
+                      for c in conf["codecs"] + conf["index_codecs"] if c["name"] == "bytes"}
+            shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
+            ok = (len(shape) == 4 and codec["name"] == "sharding_indexed" and inner == ["bytes", "blosc"]
+                  and index == ["bytes", "crc32c"] and endian == {"little"}
+                  and conf.get("index_location", "end") == "end"
+                  and list(conf["chunk_shape"]) == [1, *shape[1:]] and list(shard[1:]) == list(shape[1:])
+                  and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
+                  and meta["data_type"] in ("uint8", "float16", "float32") and sys.byteorder == "little")
+        except (KeyError, TypeError, ValueError):
+            return None
+        return int(shard[0]) if ok else None
+
+    def read(self, position: int, fresh: bool = False) -> np.ndarray:
+        """Frame at `position` [H,W,C]: a new array if `fresh`, else the reader's buffer (which the
+        next read overwrites)."""
+        out = np.empty_like(self.buffer) if fresh else self.buffer
+        if self.shard_frames is None:
+            out[...] = self.array[position]
+            return out
+        shard, k = divmod(position, self.shard_frames)
+        path = self.root / "c" / str(shard) / "0" / "0" / "0"  # shards span whole frames
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            out.fill(self.fill)
+            return out
+        try:
+            st = os.fstat(fd)
+            key = (shard, st.st_size, st.st_mtime_ns)  # a rewritten shard has a new index
+            index = self.indexes.get(key)
+            if index is None:
+                nbytes = self.shard_frames * 16
+                raw = os.pread(fd, nbytes, st.st_size - nbytes - 4)
+                index = np.frombuffer(raw, dtype="<u8").reshape(self.shard_frames, 2)
+                if len(self.indexes) > 64:
+                    self.indexes.clear()
+                self.indexes[key] = index
+            offset, size = int(index[k, 0]), int(index[k, 1])
+            if offset == _EMPTY:
+                out.fill(self.fill)
+                return out
+            chunk = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+        blosc.decompress(chunk, out)
         return out
 
 

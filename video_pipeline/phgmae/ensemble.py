@@ -323,9 +323,7 @@ def _prepare_array(store: VideoStore, spec: ArraySpec, size: tuple[int, int], ov
             raise StoreError(f"{store.path}/{spec.name}: exists and was not written by this ensemble (other "
                              f"checkpoint, params or shape); use --overwrite, or another --name")
         if not same:
-            for key in (spec.name, f"_progress/{spec.name}", f"_frames/{spec.name}"):
-                if key in store.group:
-                    del store.group[key]
+            store.remove(spec.name)
     store.ensure_array(spec, *size)
 
 

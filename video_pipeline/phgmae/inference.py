@@ -212,11 +212,10 @@ def select_positions(store: VideoStore, frames) -> np.ndarray:
     """Sorted positions int64 [N] of a store's frames chosen by CLI tokens (["0..10", "12"]), a
     config value ("A..B" or "A..", end-exclusive, or a list of frame numbers) or None (every frame).
     Frame numbers are the store's own (its positions, except in imported sparse stores)."""
-    from video_pipeline.export import frame_numbers
     from video_pipeline.phgmae.config import parse_frames as config_frames
     from video_pipeline.video import parse_frames
 
-    numbers = frame_numbers(store)
+    numbers = store.frame_numbers()
     if frames is None:
         keep = np.ones(len(numbers), bool)
     elif isinstance(frames, str):
@@ -240,11 +239,10 @@ def frame_batches(loaded: Loaded, store_path: Path, read: Sequence[str], positio
     form `engine.node_targets` reads targets from, and "store" to the store name of each frame.
     """
     from video_pipeline.dataset import StoreDataset
-    from video_pipeline.export import frame_numbers
 
     layout = loaded.layout
     store = VideoStore.open(store_path)
-    numbers = frame_numbers(store)
+    numbers = store.frame_numbers()
     modalities = [layout.node(n).modality for n in read]
     normalization = {layout.node(n).modality: layout.normalization if layout.node(n).kind == "regression"
                      else "none" for n in read}
