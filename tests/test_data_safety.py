@@ -114,3 +114,68 @@ def test_demo_keeps_a_users_file_named_like_its_clip(tmp_path, monkeypatch):
         make_demo_clip(tmp_path / "demo.mp4")
     assert (tmp_path / "demo.mp4").read_bytes() == b"my own video"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.mp4"]
+
+
+# ------------------------------------------------------------------------- 3: overwrite is atomic
+PLUGIN = Path(__file__).parent / "plugins" / "counting.py"
+OLD_EDGES = (f"plugins: [{PLUGIN}]\nshard_frames: 4\nexperts:\n  rgb: {{type: color/rgb}}\n"
+             "  edges: {type: edges/canny, params: {low: 100, high: 200}}\n"
+             "  roads: {type: test/plus-one, deps: [edges]}\n")
+NEW_EDGES = OLD_EDGES.replace("low: 100", "low: 20")
+OVERWRITE_KILLS = [  # (case, stop point): the metadata naming the new params, a new shard, the array attrs
+    ("new recipe recorded", {"op": "put", "key": "zarr.json", "nth": 1, "phase": "after-rename"}),
+    ("edges attrs rewritten", {"op": "put", "key": "edges/zarr.json", "nth": 1, "phase": "after-rename"}),
+    ("first new edges shard renamed", {"op": "put", "key": "edges/c/*", "nth": 1, "phase": "after-rename"}),
+    ("second new edges shard flagged", {"op": "put", "key": "_frames/edges/c/*", "nth": 2, "phase": "after-rename"}),
+]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from reliability.harness import Harness
+
+    h = Harness()
+    yield h
+    h.close()
+
+
+def test_kill_during_overwrite_with_new_params_never_labels_old_frames_new(tmp_path, small_clip, harness):
+    """`--overwrite --only edges` with changed params, killed at deterministic points: every frame
+    flagged done afterwards holds new-params data (or the store still says the old params), the
+    dependent `roads` map is never left flagged over old edges, and a plain rerun completes the store
+    exactly as a fresh run of the new recipe makes it."""
+    from reliability import storecheck
+
+    import zarr
+
+    old_recipe, new_recipe = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old_recipe.write_text(OLD_EDGES)
+    new_recipe.write_text(NEW_EDGES)
+    fresh = tmp_path / "fresh.zarr"
+    assert harness.run(["run", new_recipe, small_clip, "-o", fresh, "-q"])["rc"] == 0
+    base = tmp_path / "base.zarr"
+    res = harness.run(["run", old_recipe, small_clip, "-o", base, "-q"])
+    assert res["rc"] == 0, res["stderr"]
+    for case, stop in OVERWRITE_KILLS:
+        out = tmp_path / f"{case.replace(' ', '_')}.zarr"
+        import shutil
+
+        shutil.copytree(base, out)
+        argv = ["run", new_recipe, small_clip, "-o", out, "-q", "--overwrite", "--only", "edges"]
+        killed = harness.run(argv, stop={**stop, "root": str(out)})
+        assert killed["outcome"] == "stopped-and-killed", (case, killed)
+        recorded = storecheck.meta(out)["recipe"]["experts"]["edges"]["params"]["low"]
+        group = zarr.open_group(str(out), mode="r")
+        if recorded == 20:  # the metadata says the new params: what is flagged must be new data
+            for name in ("edges", "roads"):
+                done = np.flatnonzero(group[f"_frames/{name}"][:])
+                np.testing.assert_array_equal(group[name].get_orthogonal_selection(done),
+                                              zarr.open_group(str(fresh), mode="r")[name].get_orthogonal_selection(done),
+                                              err_msg=f"{case}: {name} frames flagged done hold old data")
+        resumed = harness.run(["run", new_recipe, small_clip, "-o", out, "-q"])
+        assert resumed["rc"] == 0, (case, resumed["stderr"])
+        assert "nothing to do" not in resumed["stdout"], case
+        storecheck.assert_same_store(out, fresh)

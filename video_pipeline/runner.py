@@ -453,9 +453,17 @@ def prepare(recipe: Recipe, video: Video, out: str | Path, options: RunOptions) 
     info = video_facts(video)
     merged = reconcile(recipe, store, info, size, asked if options.overwrite else set())
     if options.overwrite:
-        for name in asked:  # an overwritten expert may change shape: start its array afresh
-            if name in store and _array_differs(store, recipe.experts[name], size):
-                store.remove(name)
+        # Before the metadata names the new recipe, forget every frame that no longer matches it:
+        # a kill anywhere then leaves the old expert or the new one partly, never old frames
+        # flagged done under new params.
+        for name in stale_experts((store.meta.get("recipe") or {}).get("experts") or {},
+                                  merged["experts"], asked):
+            if name not in store:
+                continue
+            if name in asked and _array_differs(store, recipe.experts[name], size):
+                store.remove(name)  # a new shape: start its array afresh
+            else:
+                store.clear(name)
     store.init_meta(merged, sha256_of(merged), info, __version__, recipe.shard_frames, size)
     if store.load_index() is None:
         store.save_index(video.index.to_arrays(), video.index.time_base)
@@ -498,6 +506,23 @@ def run(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOpt
             execute(recipe, prepared, prepared.units, options, stats)
     stats.wall = time.perf_counter() - t_start
     return stats
+
+
+def stale_experts(stored: Mapping[str, dict], new: Mapping[str, dict], asked: set[str]) -> list[str]:
+    """Names whose stored frames stop matching the recipe the store will record: asked experts whose
+    identity (type, params, weights, deps, ...) changes, and every stored expert depending on one of
+    them, directly or not (its frames were computed from the old data). Dependents first."""
+    changed = {n for n in asked if n in stored and stored[n] != new.get(n)}
+    deps = {n: list((new.get(n) or stored.get(n) or {}).get("deps") or []) for n in {*stored, *new}}
+    stale, grew = set(changed), True
+    while grew:
+        grew = False
+        for name in stored:
+            if name not in stale and any(d in stale for d in deps.get(name, ())):
+                stale.add(name)
+                grew = True
+    order = [n for n in stored if n in stale]
+    return [n for n in order if n not in changed] + [n for n in order if n in changed]
 
 
 def _array_differs(store: VideoStore, spec: ExpertSpec, size) -> bool:

@@ -282,9 +282,10 @@ class VideoStore:
         return arr
 
     def remove(self, name: str) -> None:
-        """Delete modality array `name` and its flags (nothing if it is absent)."""
+        """Delete modality array `name` and its flags (nothing if it is absent), flags first: a kill
+        in between leaves an array no flag calls done, which a run recomputes."""
         with writing(self.path, f"modality '{name}'"):
-            for key in (name, *(f"{flags}/{name}" for flags in FLAG_GROUPS)):
+            for key in (*(f"{flags}/{name}" for flags in FLAG_GROUPS), name):
                 if key in self.group:
                     del self.group[key]
         self._writers.pop(name, None)
@@ -326,8 +327,10 @@ class VideoStore:
         if name not in self.group:
             return
         if indices is None:
-            self.group[f"_frames/{name}"][:] = 0
-            self.group[f"_progress/{name}"][:] = 0
+            with writing(self.path, f"the flags of '{name}'"):
+                for flags in ("_progress", "_frames"):  # the shard flags first, as in `remove`
+                    if f"{flags}/{name}" in self.group:
+                        self.group[f"{flags}/{name}"][:] = 0
             return
         frames = self.group[f"_frames/{name}"]
         done = frames[:]
