@@ -25,5 +25,5 @@ done
 python3 benchmarks/tiny_depth.py /tmp/w/tiny_depth >/dev/null 2>&1
 printf 'resolution: [540, 960]\nexperts:\n  semantic: {type: semantic/phgmae-distil, weights: %s}\n  depth: {type: depth/hf, weights: /tmp/w/tiny_depth}\n' "$W/phgmae_distil_safeuav_430k.ckpt" > /tmp/w/gpu.yaml
 echo "== bench_gpu distil + tiny depth"
-timeout 150 python3 -m video_pipeline.bench_gpu /tmp/w/gpu.yaml /tmp/w/survey300.mp4 --json > $OUT/bench_gpu.json
-python3 -c "import json; from video_pipeline.bench_gpu import format_report; print(format_report(json.load(open('$OUT/bench_gpu.json'))))"
+timeout 150 python3 -m video_pipeline.bench.gpu /tmp/w/gpu.yaml /tmp/w/survey300.mp4 --json > $OUT/bench_gpu.json
+python3 -c "import json; from video_pipeline.bench.gpu import format_report; print(format_report(json.load(open('$OUT/bench_gpu.json'))))"

@@ -87,7 +87,7 @@ def test_output_at_a_users_folder_is_refused_and_nothing_deleted(tmp_path, small
 
 def test_store_replace_and_bench_keep_refuse_foreign_folders(tmp_path):
     from video_pipeline.errors import StoreError, VreError
-    from video_pipeline.bench import bench
+    from video_pipeline.bench.pipeline import bench
 
     folder = tmp_path / "user"
     folder.mkdir()

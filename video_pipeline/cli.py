@@ -135,7 +135,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from video_pipeline.bench import bench
+    from video_pipeline.bench.pipeline import bench
     from video_pipeline.runner import few_malloc_arenas
 
     few_malloc_arenas()

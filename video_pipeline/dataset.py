@@ -7,18 +7,14 @@ An item of `StoreDataset` is
      "present": bool [M], which of `dataset.modalities` were read (the others are filled)};
 with `compact=True` the modalities are the stored frames and `dataset.to_float` converts batches.
 
-Run `python -m video_pipeline.dataset --bench [STORE]` for the DataLoader throughput benchmark.
+`python -m video_pipeline.bench.loader [STORE]` measures the DataLoader throughput.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
-import sys
-import tempfile
-import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -588,123 +584,3 @@ class StoreDataset(torch.utils.data.Dataset):
         shape = (h, w, spec.channels)
         return torch.full(shape, LABEL_FILL if spec.dtype == "uint8" else float("nan"),
                           dtype=getattr(torch, spec.dtype))
-
-
-# ---------------------------------------------------------------------------------------- benchmark
-def make_bench_store(path: Path, n_frames: int = 64, size: tuple[int, int] = (540, 960),
-                     binary: bool = False) -> Path:
-    """A store of {rgb, depth, normals, semantic} (and a binary map `roads` if asked) at `size` with
-    realistic content for the benchmarks (a camera panning over a textured world with sharp-edged
-    shapes, smooth depth, its normals, 8 classes). At most 32 distinct frames are made; longer
-    stores repeat them."""
-    import cv2
-
-    from video_pipeline.store import ArraySpec
-
-    rng = np.random.default_rng(0)
-    n_unique = min(n_frames, 32)
-    world_size = (size[0], size[1] + 8 * n_unique)  # the camera pans 8 pixels a frame
-    world = cv2.resize(rng.random((world_size[0] // 24, world_size[1] // 24, 3), dtype=np.float32),
-                       world_size[::-1], interpolation=cv2.INTER_CUBIC) * 190
-    world += rng.random((*world_size, 3), dtype=np.float32) * 40  # fine texture
-    world = np.ascontiguousarray(np.clip(world, 0, 255).astype(np.uint8))
-    for _ in range(world_size[1] // 40):  # sharp-edged shapes: buildings, roads
-        x, y = int(rng.integers(0, world_size[1])), int(rng.integers(0, world_size[0]))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        cv2.rectangle(world, (x, y), (x + int(rng.integers(10, 90)), y + int(rng.integers(10, 90))), colour, -1)
-    unique = np.stack([world[:, 8 * t:8 * t + size[1]] for t in range(n_unique)])
-    rgb = unique[np.arange(n_frames) % n_unique]
-    grey = unique.astype(np.float32).mean(axis=-1) / 255.0
-    depth = np.stack([resize(g[None, ::8, ::8, None], size, "depth")[0, ..., 0] for g in grey])
-    gy, gx = np.gradient(depth, axis=(1, 2))
-    normals = np.stack([-gx * 40, -gy * 40, np.ones_like(gx)], axis=-1)
-    normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
-    semantic = np.minimum(grey * 8, 7).astype(np.uint8)
-    arrays = {"rgb": (rgb, "image"), "depth": (depth[..., None].astype(np.float16), "depth"),
-              "normals": (normals.astype(np.float16), "normals"), "semantic": (semantic[..., None], "semantic")}
-    if binary:
-        arrays["roads"] = ((semantic == 3).astype(np.uint8)[..., None], "binary")
-    store = VideoStore.open(path, "w")
-    store.init_meta({"experts": {}}, "bench", {"path": "synthetic", "n_frames": n_frames, "fps": 30.0,
-                                               "height": size[0], "width": size[1]}, "bench", 32, size)
-    classes = ["land", "forest", "residential", "road", "little-objects", "water", "sky", "hill"]
-    for name, (data, kind) in arrays.items():
-        attrs = {"kind": kind, "channels": data.shape[-1], "classes": classes if kind == "semantic" else []}
-        store.write_array(ArraySpec(name, data.shape[-1], str(data.dtype), attrs), _Repeat(data, n_frames))
-    return path
-
-
-class _Repeat:
-    """Frames data [U,H,W,C] seen as [n,H,W,C], frame t being data[t % U]; slices are made on demand."""
-
-    def __init__(self, data: np.ndarray, n: int):
-        self.data, self.shape = data, (n, *data.shape[1:])
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        return self.data[np.arange(self.shape[0])[rows] % len(self.data)]
-
-
-def bench(store: Path, workers: int, batch_size: int, seconds: float, start_method: str | None,
-          compact: bool = False, device: str = "cpu") -> dict:
-    """Samples/s of a shuffled DataLoader over `store` ({rgb, depth, normals, semantic} if present).
-
-    With `compact`, workers deliver stored dtypes and each batch is made float32 on `device` by
-    `to_float`, inside the timed loop.
-    """
-    dataset = StoreDataset(store, modalities=[m for m in ("rgb", "depth", "normals", "semantic")
-                                              if m in VideoStore.open(store).names], compact=compact)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         multiprocessing_context=start_method if workers else None,
-                                         persistent_workers=workers > 0)
-    batches = iter(())
-    warmup = 2 * max(workers, 1)  # worker start-up and first reads are not the steady state
-    samples, t0 = 0, None
-    while t0 is None or time.perf_counter() - t0 < seconds:
-        batch = next(batches, None)
-        if batch is None:  # next epoch
-            batches = iter(loader)
-            continue
-        if compact:
-            batch = dataset.to_float(batch, device)
-        if warmup:
-            warmup -= 1
-            t0 = time.perf_counter() if not warmup else None
-            continue
-        samples += len(batch["frame"])
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
-    shapes = {k: [*v.shape[1:], str(v.dtype).removeprefix("torch.")] for k, v in batch.items()
-              if isinstance(v, torch.Tensor)}
-    return {"samples_per_s": round(samples / wall, 1), "samples": samples, "seconds": round(wall, 2),
-            "workers": workers, "batch_size": batch_size, "start_method": start_method or "default",
-            "compact": compact, "device": device, "cpus": os.cpu_count(), "batch_shapes": shapes}
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m video_pipeline.dataset",
-                                description="DataLoader throughput over a store (samples/s)")
-    p.add_argument("--bench", action="store_true", required=True)
-    p.add_argument("store", nargs="?", help="store to read (default: a synthetic 540x960 store of "
-                   "rgb, depth, normals, semantic in a temporary folder)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--frames", type=int, default=64, help="frames of the synthetic store")
-    p.add_argument("--start-method", choices=("fork", "spawn", "forkserver"))
-    p.add_argument("--compact", action="store_true", help="workers send stored dtypes; to_float on --device")
-    p.add_argument("--device", default="cpu", help="where --compact batches are made float32 (cpu, cuda)")
-    args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Path(args.store) if args.store else make_bench_store(Path(tmp) / "bench.zarr", args.frames)
-        try:
-            print(json.dumps(bench(store, args.workers, args.batch_size, args.seconds, args.start_method,
-                                   args.compact, args.device)))
-        except VreError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -29,12 +29,9 @@ can be previewed, exported and trained on like any expert output.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -415,66 +412,3 @@ def main(args) -> int:
         print(f"{s['store']}: {', '.join(s['written'])}: {s['frames']} frames in {s['seconds']:.1f} s{rate}"
               + (f", {s['skipped']} already done" if s["skipped"] else ""))
     return 0
-
-
-# ---------------------------------------------------------------------------------------- benchmark
-def bench_checkpoint(path: Path, size: tuple[int, int], num_filters: int = 10) -> Path:
-    """A randomly initialised SafeUAV checkpoint over the benchmark store's nodes (rgb, depth,
-    normals in; semantic_output, 8 classes, out), described the way `vre train` describes them."""
-    from experts.semantic import DRONESCAPES_CLASSES, DRONESCAPES_PALETTE
-    from video_pipeline.phgmae.engine import Node
-    from video_pipeline.phgmae.model import build_model, to_checkpoint
-
-    nodes = (Node("rgb", "regression", 3, "rgb"), Node("depth", "regression", 1, "depth"),
-             Node("normals", "regression", 3, "normals"),
-             Node("semantic_output", "class", 8, "semantic", DRONESCAPES_CLASSES, DRONESCAPES_PALETTE))
-    stats = {"rgb": [[0.0] * 3, [255.0] * 3, [120.0] * 3, [60.0] * 3], "depth": [[0.0], [1.0], [0.5], [0.25]],
-             "normals": [[-1.0] * 3, [1.0] * 3, [0.0] * 3, [0.5] * 3],
-             "semantic_output": [[0.0] * 8, [1.0] * 8, [0.0] * 8, [1.0] * 8]}
-    layout = NodeLayout(nodes, ("semantic_output",), stats, "standardization", tuple(size))
-    model_cfg = {"type": "safeuav", "parameters": {"in_channels": 15, "out_channels": 15, "num_filters": num_filters}}
-    torch.manual_seed(0)
-    cfg = layout.cfg(model_cfg, {"masking": {"probability": 0.5, "always_visible": ["rgb"]}})
-    torch.save(to_checkpoint(build_model(model_cfg), cfg, stats), path)
-    return path
-
-
-def bench(ks: Sequence[int], size: tuple[int, int], frames: int, batch_size: int, threads: int | None,
-          num_filters: int = 10) -> list[dict]:
-    """Ensemble throughput (frames/s, reading and writing included) for each K on a synthetic store."""
-    from video_pipeline.dataset import make_bench_store
-
-    if threads:
-        torch.set_num_threads(threads)
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        store = make_bench_store(Path(tmp) / "bench.zarr", frames, size)
-        loaded = load(bench_checkpoint(Path(tmp) / "bench.ckpt", size, num_filters))
-        for k in ks:
-            plan = make_plan(loaded, [VideoStore.open(store)], None, k, "mean", 0)
-            for _, x, present, _ in frame_batches(loaded, store, plan.available, np.arange(batch_size), batch_size):
-                predict(plan, loaded, x, present, size)  # first-call costs (allocator, kernels) left out
-            s = ensemble_store(plan, loaded, store, {"semantic_output": f"bench_k{k}"}, None, batch_size)
-            out.append({"k": k, "frames_per_s": s["frames_per_s"], "frames": s["frames"], "size": list(size),
-                        "batch_size": batch_size, "threads": torch.get_num_threads(), "num_filters": num_filters,
-                        "parameters": sum(p.numel() for p in loaded.model.parameters())})
-    return out
-
-
-def bench_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m video_pipeline.phgmae.ensemble",
-                                description="ensemble throughput (frames/s) for several K on a synthetic store")
-    p.add_argument("--k", type=int, nargs="+", default=[1, 4, 8, 16])
-    p.add_argument("--size", type=int, nargs=2, default=[540, 960], metavar=("H", "W"))
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    p.add_argument("--num-filters", type=int, default=10, help="SafeUAV width (10: the 430k model)")
-    args = p.parse_args(argv)
-    for row in bench(args.k, tuple(args.size), args.frames, args.batch_size, args.threads, args.num_filters):
-        print(json.dumps(row))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(bench_main())

@@ -1,7 +1,7 @@
 """GPU figures of a recipe: how busy the GPU is during a run, and how close the run comes to the bare
 speed of its learned experts on the same batches.
 
-    python -m video_pipeline.bench_gpu RECIPE VIDEO [--frames A..B] [--device cuda] [--json]
+    python -m video_pipeline.bench.gpu RECIPE VIDEO [--frames A..B] [--device cuda] [--json]
 
 One pipeline pass (as `vre run`, into a temporary store; expert loading and a one-batch warm-up are
 timed apart), then a bare pass with the same loaded experts over the same frames, already decoded
@@ -244,7 +244,7 @@ def format_report(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m video_pipeline.bench_gpu", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m video_pipeline.bench.gpu", description=__doc__.split("\n")[0])
     p.add_argument("recipe")
     p.add_argument("video")
     p.add_argument("--frames", nargs="+", metavar="A..B|I")
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = measure(args.recipe, args.video, frames=args.frames, device=args.device)
     except VreError as err:
-        print(f"bench_gpu: error: {err}", file=sys.stderr)
+        print(f"bench.gpu: error: {err}", file=sys.stderr)
         return err.exit_code
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from video_pipeline.bench_gpu import GpuSampler, torch_uuid
+from video_pipeline.bench.gpu import GpuSampler, torch_uuid
 from video_pipeline.errors import VreError
 from video_pipeline.recipe import load_recipe
 from video_pipeline.runner import RunOptions, run
@@ -79,7 +79,7 @@ def bench(recipe_path, video_path, frames=None, device=None, workers: int = 1, k
 
 def gpu_report(stats, sampler: GpuSampler) -> dict | None:
     """The device the learned experts ran on, if CUDA was used (None otherwise), and the share of
-    the run during which it ran kernels (`python -m video_pipeline.bench_gpu` measures more)."""
+    the run during which it ran kernels (`python -m video_pipeline.bench.gpu` measures more)."""
     import sys
 
     if "torch" not in sys.modules:
