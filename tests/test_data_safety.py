@@ -179,3 +179,37 @@ def test_kill_during_overwrite_with_new_params_never_labels_old_frames_new(tmp_p
         assert resumed["rc"] == 0, (case, resumed["stderr"])
         assert "nothing to do" not in resumed["stdout"], case
         storecheck.assert_same_store(out, fresh)
+
+
+# ------------------------------------------------------------------------- 2: a store knows its video
+def test_another_video_at_the_same_path_or_of_the_same_length_is_refused(tmp_path, capsys):
+    from video_pipeline.synth import make_clip
+
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = make_clip(tmp_path / "a" / "flight.mp4", n_frames=10, size=(48, 64), seed=1)
+    b = make_clip(tmp_path / "b" / "flight.mp4", n_frames=10, size=(48, 64), seed=2)
+    assert a.read_bytes() != b.read_bytes()
+    store = tmp_path / "s.zarr"
+    assert vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(a), "-o", str(store), "-q", "--frames", "0..4")[0] == 0
+    stored = VideoStore.open(store).meta["video"]
+    assert len(stored["content_sha256"]) == 64 and stored["file_size"] == a.stat().st_size
+    # a second video of the same length
+    code, _, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(b), "-o", str(store), "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(a) in err and str(b) in err and "never mixes two videos" in err
+    # new content at the same path, even with the old size and modification time
+    kept = a.read_bytes()
+    st = a.stat()
+    a.write_bytes(b.read_bytes()[: len(kept)].ljust(len(kept), b"\0"))
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    code, _, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(a), "-o", str(store), "-q")
+    assert code == 2 and "never mixes two videos" in err, err
+    assert VideoStore.open(store).done_frames("rgb").sum() == 4
+    # the same video copied elsewhere (new path and mtime, same content) resumes
+    a.write_bytes(kept)
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(kept)
+    code, out, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(copy), "-o", str(store), "-q")
+    assert code == 0 and "6 frames" in out, err

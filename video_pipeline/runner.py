@@ -33,7 +33,7 @@ from video_pipeline.graph import closure, dependents
 from video_pipeline.imageops import resize
 from video_pipeline.recipe import ExpertSpec, Recipe, sha256_of
 from video_pipeline.store import ArraySpec, VideoStore, shard_groups
-from video_pipeline.video import FrameBatch, FrameIndex, Video
+from video_pipeline.video import FrameBatch, FrameIndex, Video, fingerprint
 
 ON_ERROR = ("stop", "skip")
 
@@ -395,9 +395,7 @@ def reconcile(recipe: Recipe, store: VideoStore, video_info: dict, size: tuple[i
     if not meta:
         return new
     where = str(store.path)
-    if meta["video"]["n_frames"] != video_info["n_frames"]:
-        raise StoreError(f"{where}: holds a video of {meta['video']['n_frames']} frames "
-                         f"({meta['video']['path']}), this one has {video_info['n_frames']}; use another -o")
+    check_same_video(store, video_info)
     if tuple(meta["resolution"]) != tuple(size):
         raise StoreError(f"{where}: stored at resolution {meta['resolution']}, the recipe asks "
                          f"{list(size)}; use another -o")
@@ -531,13 +529,29 @@ def _array_differs(store: VideoStore, spec: ExpertSpec, size) -> bool:
 
 
 def video_facts(video: Video) -> dict:
-    """The store's `video` attrs: the design's facts plus the file's size and mtime, which tell a
-    rerun whether the stored frame index still describes the file."""
+    """The store's `video` attrs: the design's facts plus the file's fingerprint (size, mtime and a
+    content hash, see `video.fingerprint`): size and mtime tell a rerun whether the stored frame
+    index still describes the file, the content hash whether it is the same video at all."""
     info = dict(video.info())
-    if video.path.is_file():
-        st = video.path.stat()
-        info.update(file_size=st.st_size, file_mtime=st.st_mtime)
+    fp = fingerprint(video)
+    info.update(file_size=fp["size"], file_mtime=fp["mtime"], content_sha256=fp["content_sha256"])
     return info
+
+
+def check_same_video(store: VideoStore, info: dict) -> None:
+    """StoreError, naming both, unless `info` (video_facts) describes the video the store was made
+    from: same frame count and, where the store recorded one, the same content hash."""
+    old = store.meta.get("video") or {}
+    if not old:
+        return
+    def desc(v: dict) -> str:
+        size = f", {v['file_size']} bytes" if v.get("file_size") is not None else ""
+        digest = f", content {v['content_sha256'][:12]}" if v.get("content_sha256") else ""
+        return f"{v.get('path')} ({v.get('n_frames')} frames{size}{digest})"
+    if old.get("n_frames") != info["n_frames"] or (
+            old.get("content_sha256") and old["content_sha256"] != info["content_sha256"]):
+        raise StoreError(f"{store.path}: was made from {desc(old)}, not from {desc(info)}; a store never "
+                         f"mixes two videos: use another -o")
 
 
 def open_video(video_path: str | Path, out: Path) -> Video:

@@ -11,6 +11,7 @@ stream breaks, and reading that frame raises `DecodeError` naming it.
 from __future__ import annotations
 
 import abc
+import hashlib
 import queue
 import re
 import threading
@@ -553,3 +554,57 @@ def parse_frames(spec: list[str] | None, stride: int, n_frames: int) -> np.ndarr
             raise VreError(f"--frames {token}: not a frame number or range; use A..B (end-exclusive), "
                            f"A.., ..B or numbers like 1 5 9")
     return np.unique(np.concatenate(picked))[::stride]
+
+
+FINGERPRINT_PACKETS = 16      # demuxed packets hashed at the start and at a keyframe mid-video
+FINGERPRINT_FILE_BYTES = 1 << 20  # bytes hashed of the first, middle and last image of a folder
+
+
+def fingerprint(video: Video) -> dict:
+    """What identifies the frames of `video`: {size, mtime, content_sha256}.
+
+    size/mtime: the file's (a folder: total bytes and latest mtime of its images). content_sha256:
+    a hash of the frame count and of the bytes of FINGERPRINT_PACKETS demuxed packets at the start
+    and as many from the keyframe nearest the middle (a folder: its image names, sizes and the first
+    FINGERPRINT_FILE_BYTES of its first, middle and last images). Remuxing or retagging a file keeps
+    its content hash; any other video, even one of the same length, gets another.
+    """
+    digest = hashlib.sha256(f"frames={video.n_frames};".encode())
+    if video.is_folder:
+        stats = [f.stat() for f in video.files]
+        for f, st in zip(video.files, stats):
+            digest.update(f"{f.name}:{st.st_size};".encode())
+        for f in {video.files[0], video.files[len(video.files) // 2], video.files[-1]}:
+            with open(f, "rb") as fh:
+                digest.update(fh.read(FINGERPRINT_FILE_BYTES))
+        return {"size": sum(st.st_size for st in stats), "mtime": max(st.st_mtime for st in stats),
+                "content_sha256": digest.hexdigest()}
+    st = video.path.stat()
+    try:
+        with av.open(str(video.path), options={"fpsprobesize": "0"}) as container:
+            stream = container.streams.video[0]
+            _hash_packets(container, stream, digest)
+            index = video.index
+            middle = index.keyframe_before(len(index) // 2)
+            if middle > 0 and not index.counted:
+                container.seek(int(index.pts[middle]), stream=stream, backward=True)
+                _hash_packets(container, stream, digest)
+    except av.FFmpegError as err:
+        raise VideoError(f"{video.path}: cannot be read to fingerprint it ({err.strerror or err})") from None
+    return {"size": st.st_size, "mtime": st.st_mtime, "content_sha256": digest.hexdigest()}
+
+
+def _hash_packets(container, stream, digest) -> None:
+    """Feed the next FINGERPRINT_PACKETS non-empty packets of `stream` (bytes and pts) to `digest`."""
+    seen = 0
+    try:
+        for packet in container.demux(stream):
+            if not packet.size:
+                continue
+            digest.update(f"{packet.pts};".encode())
+            digest.update(bytes(packet))
+            seen += 1
+            if seen == FINGERPRINT_PACKETS:
+                break
+    except av.FFmpegError:
+        pass  # a damaged file: what was read identifies it
