@@ -116,6 +116,12 @@ def cmd_ensemble(args) -> int:
     return ensemble_main(args)
 
 
+def cmd_evaluate(args) -> int:
+    from video_pipeline.phgmae.evaluate import main as evaluate_main
+
+    return evaluate_main(args)
+
+
 def cmd_distill(args) -> int:
     from video_pipeline.phgmae.distill import main as distill_main
 
@@ -239,6 +245,24 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--min-confidence", type=float, help="pseudo-labels: keep pixels whose top probability reaches this")
     en.add_argument("--fit-frames", nargs="+", metavar="A..B|I", help="frames with targets to learn per-pass weights on")
     en.set_defaults(func=cmd_ensemble)
+
+    ev = sub.add_parser("evaluate", help="a checkpoint (single pass, mask ensemble, student) against a labelled "
+                                         "modality: per class, per scene, bootstrap intervals")
+    ev.add_argument("checkpoint")
+    ev.add_argument("store", nargs="+", help="stores (each one a scene)")
+    ev.add_argument("--target", help="labelled modality: class map or probabilities (default: the node's own)")
+    ev.add_argument("--node", help="class node to score (default: the checkpoint's first class output)")
+    ev.add_argument("-k", "--k", type=int, default=1, help="passes of the mask ensemble (1: the full pass)")
+    ev.add_argument("--aggregation", choices=("mean", "median", "vote"), default="mean")
+    ev.add_argument("--available", nargs="+", help="inputs treated as available (others always masked)")
+    ev.add_argument("--frames", nargs="+", metavar="A..B|I")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws of the frames")
+    ev.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the ensemble masks and of the bootstrap")
+    ev.add_argument("--json", help="write every figure and interval to this JSON file")
+    ev.add_argument("--batch-size", type=int, default=4)
+    ev.add_argument("--device")
+    ev.set_defaults(func=cmd_evaluate)
 
     an = sub.add_parser("analyze", help="modality importance, robustness curves, agreement of two modalities")
     ans = an.add_subparsers(dest="analysis", required=True)
