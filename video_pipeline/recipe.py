@@ -11,18 +11,20 @@ import json
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from video_pipeline import registry
+from video_pipeline.codecs import DEFAULT as DEFAULT_CODEC
+from video_pipeline.codecs import CodecSpec, check_codec, parse_codec
 from video_pipeline.errors import RecipeError, WeightsError
 from video_pipeline.expert import Expert, OutputSpec
 from video_pipeline.graph import CycleError, topological_order
 from video_pipeline.yamlio import LineDict, load_yaml
 
-TOP_KEYS = {"resolution", "shard_frames", "device", "plugins", "experts"}
-EXPERT_KEYS = {"type", "deps", "params", "weights", "batch_size", "device", "dtype", "resolution"}
+TOP_KEYS = {"resolution", "shard_frames", "device", "plugins", "codec", "experts"}
+EXPERT_KEYS = {"type", "deps", "params", "weights", "batch_size", "device", "dtype", "resolution", "codec"}
 RESERVED_NAMES = {"next_frames", "next_sign", "frames", "zarr.json"}  # zarr.json: the store's metadata file
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.()+\-]{0,127}\Z")  # a folder name in the store: 128 at most
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -44,15 +46,21 @@ class ExpertSpec:
     resolution: tuple[int, int] | None
     line: int
     output: OutputSpec | None = field(compare=False)
+    codec: CodecSpec = DEFAULT_CODEC  # its own `codec:`, else the recipe's, else the default
     # why `output` is unknown (None): its weights could not be resolved at validation time. The
     # error is raised only if a run needs this expert, so other experts of the recipe still run.
     pending_error: str | None = field(default=None, compare=False)
 
     def identity(self) -> dict:
-        """What defines the stored data (device and batch size do not)."""
-        return {"type": self.type, "deps": list(self.deps), "params": self.params,
-                "weights": self.weights, "dtype": self.dtype,
-                "resolution": list(self.resolution) if self.resolution else None}
+        """What defines the stored data (device and batch size do not). The codec is part of it
+        when it is not the default (an array keeps the codec it was created with; stores made
+        before `codec:` existed hold the default)."""
+        ident = {"type": self.type, "deps": list(self.deps), "params": self.params,
+                 "weights": self.weights, "dtype": self.dtype,
+                 "resolution": list(self.resolution) if self.resolution else None}
+        if self.codec != DEFAULT_CODEC:
+            ident["codec"] = self.codec.to_dict()
+        return ident
 
     def build(self) -> Expert:
         """A fresh, unbound instance of the expert (no model loaded)."""
@@ -114,6 +122,8 @@ def parse_recipe(data: LineDict, path: Path) -> Recipe:
     if not isinstance(device, str) or not DEVICE_RE.match(device):
         fail(data.line_of("device"), f"device must be auto, cpu, mps, cuda or cuda:N, got {device!r}")
 
+    codec = _codec(data.get("codec"), data.line_of("codec"), "codec", fail) or DEFAULT_CODEC
+
     plugins = data.get("plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         fail(data.line_of("plugins"), "plugins must be a list of Python file paths")
@@ -163,12 +173,13 @@ def parse_recipe(data: LineDict, path: Path) -> Recipe:
 
     resolved: dict[str, ExpertSpec] = {}
     for name in order:
-        resolved[name] = _expert_spec(name, raw[name], resolved, path, fail)
+        resolved[name] = _expert_spec(name, raw[name], resolved, path, fail, codec)
     return Recipe(path=path, resolution=resolution, shard_frames=int(shard_frames), device=device,
                   plugins=tuple(plugins), experts=resolved)
 
 
-def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: Path, fail) -> ExpertSpec:
+def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: Path, fail,
+                 default_codec: CodecSpec) -> ExpertSpec:
     line = spec.line
     type_name = spec["type"]
     if not isinstance(type_name, str):
@@ -214,6 +225,7 @@ def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: P
     if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
         fail(spec.line_of("dtype"), f"experts.{name}.dtype must be float32, float16 or bfloat16")
     resolution = _resolution(spec.get("resolution"), spec.line_of("resolution"), f"experts.{name}.resolution", fail)
+    codec = _codec(spec.get("codec"), spec.line_of("codec"), f"experts.{name}.codec", fail)
 
     if cls.n_deps is not None and len(deps) != cls.n_deps:
         fail(spec.line_of("deps") if "deps" in spec else line,
@@ -221,7 +233,7 @@ def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: P
     def spec_with(output, pending=None):
         return ExpertSpec(name=name, type=type_name, deps=deps, params=resolved_params, weights=weights,
                           batch_size=int(batch_size), device=device, dtype=dtype, resolution=resolution,
-                          line=line, output=output, pending_error=pending)
+                          line=line, output=output, pending_error=pending, codec=codec or DEFAULT_CODEC)
 
     pending = next((done[d].pending_error for d in deps if done[d].output is None), None)
     if pending is not None:
@@ -251,7 +263,22 @@ def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: P
         fail(spec.line_of("params") if "params" in spec else line, f"experts.{name} ({type_name}): {err}")
     if not isinstance(output, OutputSpec):
         fail(line, f"experts.{name}: {type_name}.output() must return an OutputSpec")
+    if codec is None:  # the recipe-wide codec where it can store this output, else the default
+        fits = _fits(default_codec, output)
+        return replace(spec_with(output), codec=default_codec if fits else DEFAULT_CODEC)
+    try:
+        check_codec(codec, output.dtype, output.channels)
+    except ValueError as err:
+        fail(spec.line_of("codec"), f"experts.{name}.codec: {err}")
     return spec_with(output)
+
+
+def _fits(codec: CodecSpec, output: OutputSpec) -> bool:
+    try:
+        check_codec(codec, output.dtype, output.channels)
+    except ValueError:
+        return False
+    return True
 
 
 def _resolution(value, line: int, key: str, fail):
@@ -261,6 +288,15 @@ def _resolution(value, line: int, key: str, fail):
             or not all(1 <= v <= MAX_SIDE for v in value)):
         fail(line, f"{key} must be [HEIGHT, WIDTH] with integers in 1..{MAX_SIDE}, got {value!r}")
     return (int(value[0]), int(value[1]))
+
+
+def _codec(value, line: int, key: str, fail) -> CodecSpec | None:
+    if value is None:
+        return None
+    try:
+        return parse_codec(value)
+    except ValueError as err:
+        fail(line, f"{key}: {err}")
 
 
 def _is_int(v) -> bool:

@@ -128,7 +128,7 @@ def array_spec(spec: ExpertSpec, weights_attrs: dict | None) -> ArraySpec:
     out = spec.output
     attrs = {"type": spec.type, "params": spec.params, "deps": list(spec.deps),
              "weights": weights_attrs, **out.to_attrs()}
-    return ArraySpec(name=spec.name, channels=out.channels, dtype=out.dtype, attrs=attrs)
+    return ArraySpec(name=spec.name, channels=out.channels, dtype=out.dtype, attrs=attrs, codec=spec.codec)
 
 
 def resolve_weights(recipe: Recipe, names: list[str]) -> dict:

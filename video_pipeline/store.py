@@ -4,7 +4,8 @@ Layout (design contract):
     <video>.zarr/
       attrs["video_pipeline"]   {schema_version, version, recipe, recipe_sha256, video, created}
       <name>                    [T, H, W, C], dimension_names (frame, y, x, <name>_channel), chunk =
-                                1 frame, shard = shard_frames frames, Blosc zstd; attrs: provenance.
+                                1 frame, shard = shard_frames frames, Blosc zstd or the recipe's codec
+                                (`array_codecs`); attrs: provenance.
                                 One channel dimension per modality, so `xarray.open_zarr(store)`
                                 opens the whole store as one Dataset (stores written before name
                                 it `channel`; nothing here reads dimension names, so they still open)
@@ -44,6 +45,8 @@ import zarr
 from numcodecs import blosc
 from zarr.codecs import BloscCodec
 
+from video_pipeline.codecs import DEFAULT as DEFAULT_CODEC
+from video_pipeline.codecs import CodecSpec
 from video_pipeline.errors import StoreError
 
 SCHEMA_VERSION = 1
@@ -55,13 +58,23 @@ FLAG_GROUPS = ("_progress", "_frames")  # one flag array per modality in each
 FRAME_NUMBER = "_index/frame_number"
 
 
-def compressor(clevel: int = 1) -> BloscCodec:
-    """The one codec used for every array: Blosc zstd with byte shuffle.
+def array_codecs(codec: CodecSpec | None = None, kind: str | None = None) -> dict:
+    """The codec chain of one modality array, as `create_array` keyword arguments
+    {serializer, compressors}: the one place every array's chain is built.
 
-    Level 1: camera pixels are high-entropy (a 960x540 drone frame shrinks only ~12% at any level),
-    while levels >= 3 cost 3x the time; labels and masks compress >20x already at level 1.
+    Blosc zstd level 1 by default: camera pixels are high-entropy (a 960x540 drone frame shrinks
+    only ~12% at any level) while levels >= 3 cost 3x the time; labels and masks compress >20x
+    already at level 1. Blosc (zstd or lz4) uses byte shuffle, bit shuffle for binary maps (0/1 in
+    a byte: bit planes compress to half the size, twice as fast). `jpegxl` is an array -> bytes
+    codec (`codecs.JpegXlCodec`), lossless, for uint8 images.
     """
-    return BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle")
+    codec = codec or DEFAULT_CODEC
+    if codec.name == "jpegxl":
+        from video_pipeline.codecs import JpegXlCodec
+
+        return {"serializer": JpegXlCodec(effort=codec.effort), "compressors": ()}
+    shuffle = "bitshuffle" if kind == "binary" else "shuffle"
+    return {"serializer": "auto", "compressors": (BloscCodec(cname=codec.name, clevel=codec.level, shuffle=shuffle),)}
 
 
 def dimension_names(name: str) -> tuple[str, str, str, str]:
@@ -78,6 +91,7 @@ class ArraySpec:
     channels: int
     dtype: str
     attrs: Mapping
+    codec: CodecSpec | None = None  # None: the default (Blosc zstd level 1)
 
     @property
     def fill_value(self):
@@ -271,7 +285,8 @@ class VideoStore:
             if spec.name not in self.group:
                 arr = self.group.create_array(
                     spec.name, shape=shape, dtype=spec.dtype, chunks=(1, height, width, spec.channels),
-                    shards=(sf, height, width, spec.channels), compressors=compressor(),
+                    shards=(sf, height, width, spec.channels),
+                    **array_codecs(spec.codec, spec.attrs.get("kind")),
                     fill_value=spec.fill_value, dimension_names=dimension_names(spec.name))
             arr.attrs.put(json.loads(json.dumps(dict(spec.attrs))))
             for flags, length, chunk in (("_progress", self.n_shards, 1), ("_frames", n, sf)):

@@ -1,0 +1,104 @@
+"""Per-expert and recipe-wide `codec:`: validation, lossless round trips, plain-zarr readability."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import write_recipe
+from video_pipeline.codecs import CodecSpec, parse_codec
+from video_pipeline.errors import RecipeError, StoreError
+from video_pipeline.recipe import load_recipe
+from video_pipeline.runner import RunOptions, run
+
+pytest.importorskip("imagecodecs", reason="jpegxl needs imagecodecs")
+
+RECIPE = """
+{top}
+experts:
+  rgb:   {{type: color/rgb{rgb}}}
+  edges: {{type: edges/canny{edges}}}
+"""
+
+
+def recipe(tmp_path, top="", rgb="", edges=""):
+    return load_recipe(write_recipe(tmp_path / "r.yaml", RECIPE.format(top=top, rgb=rgb, edges=edges)))
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("zstd", CodecSpec("zstd", level=1)),
+    ({"name": "zstd", "level": 9}, CodecSpec("zstd", level=9)),
+    ("lz4", CodecSpec("lz4", level=1)),
+    ({"name": "jpegxl", "effort": 3}, CodecSpec("jpegxl", effort=3)),
+])
+def test_codec_values(value, expected):
+    assert parse_codec(value) == expected
+
+
+@pytest.mark.parametrize("text, line, needle", [
+    ("codec: brotli\n", 2, "unknown codec 'brotli' (known: zstd, lz4, jpegxl)"),
+    ("codec: {name: zstd, level: 30}\n", 2, "zstd level must be an integer in 1..22, got 30"),
+    ("codec: {name: lz4, effort: 2}\n", 2, "lz4 takes level, not effort"),
+    ("codec: 3\n", 2, "must be one of zstd, lz4, jpegxl"),
+])
+def test_bad_codec_names_the_line(tmp_path, text, line, needle):
+    path = write_recipe(tmp_path / "r.yaml", "\n" + text + "experts: {rgb: {type: color/rgb}}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert f"r.yaml:{line}: codec: " in str(err.value) and needle in str(err.value)
+
+
+def test_jpegxl_only_for_uint8_images(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", "experts:\n  flow:\n    type: flow/farneback\n    codec: jpegxl\n")
+    with pytest.raises(RecipeError, match=r"r.yaml:4: experts.flow.codec: jpegxl stores uint8 images"):
+        load_recipe(path)
+    # recipe-wide: applies where it can store the output, the default elsewhere
+    path = write_recipe(tmp_path / "r.yaml", "codec: jpegxl\nexperts:\n  rgb: {type: color/rgb}\n"
+                                             "  flow: {type: flow/farneback}\n")
+    experts = load_recipe(path).experts
+    assert experts["rgb"].codec.name == "jpegxl" and experts["flow"].codec == CodecSpec()
+
+
+def test_codec_is_part_of_identity_only_when_not_default(tmp_path):
+    plain = recipe(tmp_path)
+    assert "codec" not in plain.experts["rgb"].identity()
+    assert recipe(tmp_path, top="codec: zstd").sha256 == plain.sha256  # the default, said explicitly
+    lz4 = recipe(tmp_path, rgb=", codec: lz4")
+    assert lz4.experts["rgb"].identity()["codec"] == {"name": "lz4", "level": 1}
+    assert lz4.experts["edges"].codec == CodecSpec()
+
+
+def test_codecs_round_trip_losslessly_and_plain_zarr_reads_them(tmp_path, clip):
+    frames = np.arange(0, 10)
+    stores = {}
+    for name, kw in {"zstd": {}, "lz4": {"top": "codec: lz4"},
+                     "jxl": {"rgb": ", codec: {name: jpegxl, effort: 1}", "edges": ", codec: jpegxl"}}.items():
+        stores[name] = tmp_path / f"{name}.zarr"
+        run(recipe(tmp_path, **kw), clip, stores[name], RunOptions(frames=frames, progress=False))
+    ref = zarr.open_group(stores["zstd"], mode="r")
+    meta = zarr.open_group(stores["jxl"], mode="r")["rgb"].metadata.to_dict()
+    assert meta["codecs"][0]["configuration"]["codecs"][0]["name"] == "video_pipeline.jpegxl"
+    assert zarr.open_group(stores["zstd"], mode="r")["edges"].metadata.to_dict()["codecs"][0][
+        "configuration"]["codecs"][1]["configuration"]["shuffle"] == "bitshuffle"
+    for name in ("lz4", "jxl"):
+        other = zarr.open_group(stores[name], mode="r")
+        for m in ("rgb", "edges"):
+            np.testing.assert_array_equal(other[m][:10], ref[m][:10])
+    assert ref["rgb"][:10].std() > 10  # real content, not a fill value
+    # a fresh interpreter with only zarr imported finds the codec through the entry point
+    code = (f"import zarr, numpy; a = zarr.open_array({str(stores['jxl'] / 'rgb')!r}, mode='r'); "
+            f"print(int(a[3].astype(numpy.int64).sum()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == int(ref["rgb"][3].astype(np.int64).sum())
+
+
+def test_another_codec_on_a_stored_expert_is_refused(tmp_path, clip):
+    out = tmp_path / "s.zarr"
+    run(recipe(tmp_path), clip, out, RunOptions(frames=np.arange(4), progress=False))
+    with pytest.raises(StoreError, match=r"expert 'rgb' is stored with a different recipe \(codec: None -> "
+                                         r"\{'name': 'lz4', 'level': 1\}\)"):
+        run(recipe(tmp_path, rgb=", codec: lz4"), clip, out, RunOptions(frames=np.arange(4), progress=False))
