@@ -1,10 +1,19 @@
 """Experts: surface normals from a depth map by local least-squares plane fits (`normals/svd`).
 
 Camera frame (OpenCV): x to the right of the image, y down the image, z along the optical axis.
-Every pixel is back-projected with a pinhole camera (square pixels, principal point at the image
-centre, focal length from the horizontal field of view) and a plane is fitted to the 3D points of
-the window around it: the normal is the eigenvector of the smallest eigenvalue of the points'
-3x3 scatter matrix (what an SVD of the centred points gives).
+Every pixel is back-projected with a pinhole camera (principal point at the image centre, focal
+lengths from a field of view, see `focal_lengths`) and a plane is fitted to the 3D points of the
+window around it: the normal is the eigenvector of the smallest eigenvalue of the points' 3x3
+scatter matrix (what an SVD of the centred points gives).
+
+Field of view: `fov_deg` spans the image width (`fov_axis: horizontal`, the default), its height
+(`vertical`) or its diagonal (`diagonal`), measured on a sensor of `sensor_size` = [width, height]
+pixels whose full picture the frame is (None: the frame itself). A sensor of another aspect ratio
+than the frame's gives different focal lengths along x and y. The principal point is the image
+centre ((W - 1) / 2, (H - 1) / 2 in pixel indices, `principal_point: centre`) or (W / 2, H / 2)
+(`corner`: half a pixel right of and below it, the convention of VRE's normals/depth-svd).
+`camera: dronescapes` names the setting of the extended Dronescapes dataset (VRE's
+`normals_svd(depth_marigold)`: 75 degrees diagonal on a 3840x2160 sensor, principal point `corner`).
 
 Orientation and encoding follow the Dronescapes `normals_svd` modality, so its derived tasks (the
 safe-landing rule of `map/safe-landing`) work unchanged on our stores:
@@ -18,7 +27,8 @@ down), flat ground has n = +z (stored z near 1) and x, y near 0.5.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -34,49 +44,81 @@ MIN_POINTS = 3
 NEWTON_STEPS = 3
 # Rows per band of work (see _fit_frame).
 BAND_ROWS = 64
+FOV_AXES = ("horizontal", "vertical", "diagonal")
+PRINCIPAL_POINTS = ("centre", "corner")
+# Named cameras: (fov_deg, fov_axis, sensor_size [width, height], principal_point).
+CAMERAS = {"dronescapes": (75.0, "diagonal", (3840, 2160), "corner")}
+DEFAULT_CAMERA = (75.0, "horizontal", None, "centre")
 
 
-def camera_rays(height: int, width: int, fov_deg: float) -> tuple[np.ndarray, np.ndarray]:
+def focal_lengths(height: int, width: int, fov_deg: float, fov_axis: str = "horizontal",
+                  sensor_size: Sequence[int] | None = None) -> tuple[float, float]:
+    """(fx, fy) in pixels of a height x width frame (see the module docstring for the FOV).
+
+    The FOV fixes the sensor's focal length along `fov_axis`; from it come the half-angles the
+    sensor's width and height span, and the frame (the whole sensor picture, resized) keeps them.
+    """
+    sw, sh = sensor_size if sensor_size is not None else (width, height)
+    half = {"horizontal": sw / 2, "vertical": sh / 2, "diagonal": math.hypot(sw, sh) / 2}[fov_axis]
+    f_sensor = half / math.tan(math.radians(fov_deg) / 2)
+    return (width / 2) / ((sw / 2) / f_sensor), (height / 2) / ((sh / 2) / f_sensor)
+
+
+def camera_rays(height: int, width: int, fov_deg: float, fov_axis: str = "horizontal",
+                sensor_size: Sequence[int] | None = None,
+                principal_point: str = "centre") -> tuple[np.ndarray, np.ndarray]:
     """Normalised image coordinates of pixel centres: u [1,W], v [H,1] (float64).
 
-    The ray of pixel (row, col) is (u[col], v[row], 1); `fov_deg` is the horizontal field of view,
-    so u spans +-tan(fov/2) across the image width (edges of the outer pixels).
+    The ray of pixel (row, col) is (u[col], v[row], 1); with the default horizontal FOV and
+    centred principal point, u spans +-tan(fov/2) across the image width (edges of the outer pixels).
     """
-    f = (width / 2) / math.tan(math.radians(fov_deg) / 2)
-    u = (np.arange(width, dtype=np.float64) - (width - 1) / 2) / f
-    v = (np.arange(height, dtype=np.float64) - (height - 1) / 2) / f
+    fx, fy = focal_lengths(height, width, fov_deg, fov_axis, sensor_size)
+    cx, cy = ((width - 1) / 2, (height - 1) / 2) if principal_point == "centre" else (width / 2, height / 2)
+    u = (np.arange(width, dtype=np.float64) - cx) / fx
+    v = (np.arange(height, dtype=np.float64) - cy) / fy
     return u[None, :], v[:, None]
 
 
-def check_params(window: int, fov_deg: float) -> None:
-    """ValueError unless `window` is odd and >= 3 and `fov_deg` is in (0, 180)."""
+def check_params(window: int, fov_deg: float, fov_axis: str = "horizontal",
+                 sensor_size: Sequence[int] | None = None, principal_point: str = "centre") -> None:
+    """ValueError naming the parameter unless `window` is odd and >= 3, `fov_deg` in (0, 180),
+    `fov_axis` one of FOV_AXES, `sensor_size` None or two positive [width, height] and
+    `principal_point` one of PRINCIPAL_POINTS."""
     if window < 3 or window % 2 == 0:
         raise ValueError(f"window must be an odd integer >= 3, got {window}")
     if not 0 < fov_deg < 180:
         raise ValueError(f"fov_deg must be in (0, 180) degrees, got {fov_deg}")
+    if fov_axis not in FOV_AXES:
+        raise ValueError(f"fov_axis must be one of {', '.join(FOV_AXES)}, got {fov_axis!r}")
+    if sensor_size is not None and (len(sensor_size) != 2 or min(sensor_size) <= 0):
+        raise ValueError(f"sensor_size must be [width, height] in pixels, got {sensor_size}")
+    if principal_point not in PRINCIPAL_POINTS:
+        raise ValueError(f"principal_point must be one of {', '.join(PRINCIPAL_POINTS)}, got {principal_point!r}")
 
 
-def normals_from_depth(depth: np.ndarray, fov_deg: float = 75.0, window: int = 11) -> np.ndarray:
+def normals_from_depth(depth: np.ndarray, fov_deg: float = 75.0, window: int = 11,
+                       fov_axis: str = "horizontal", sensor_size: Sequence[int] | None = None,
+                       principal_point: str = "centre") -> np.ndarray:
     """Unit camera-space normals from depth maps by plane fits over `window` x `window` pixels.
 
     depth: [H,W] or [N,H,W], any float or int dtype, distance along the optical axis in any unit
       (normals do not change with a global depth scale). NaN, inf and values <= 0 are missing.
       Disparity (inverse depth) must be inverted first: read as depth it does not back-project
       planes to planes.
-    fov_deg: horizontal field of view in degrees, in (0, 180).
+    fov_deg, fov_axis, sensor_size, principal_point: the camera (see the module docstring).
     window: odd side of the square window, >= 3. Near borders and missing pixels the window holds
       fewer points and the fit uses those it has.
     Returns float32 [N,H,W,3], unit vectors (x right, y down, z forward) pointing away from the
     camera; NaN where the pixel is missing, its window has fewer than 3 points, or they lie on a line.
     """
-    check_params(window, fov_deg)
+    check_params(window, fov_deg, fov_axis, sensor_size, principal_point)
     depth = np.asarray(depth)
     if depth.ndim == 2:
         depth = depth[None]
     if depth.ndim != 3:
         raise ValueError(f"depth must be [H,W] or [N,H,W], got shape {depth.shape}")
     n, h, w = depth.shape
-    u, v = camera_rays(h, w, fov_deg)
+    u, v = camera_rays(h, w, fov_deg, fov_axis, sensor_size, principal_point)
     out = np.empty((n, h, w, 3), dtype=np.float32)
     for i in range(n):
         _fit_frame(depth[i], u, v, window, out[i])
@@ -193,17 +235,37 @@ def encode_normals(normals: np.ndarray) -> np.ndarray:
 class SvdNormals(Expert):
     """Camera-space normals of a depth dependency (see the module docstring for the encoding).
 
-    Parameters: `window` (odd side of the fitting window, pixels), `fov_deg` (horizontal field of
-    view of the camera, degrees). The dependency must declare its quantity: depths are used as they
-    are (their unit and scale do not matter), inverse depth is inverted first.
+    Parameters: `window` (odd side of the fitting window, pixels); the camera: `fov_deg` (degrees,
+    default 75), `fov_axis` (horizontal, vertical or diagonal; default horizontal), `sensor_size`
+    ([width, height] the FOV was measured on; default the frame), `principal_point` (centre or
+    corner; default centre), or instead of those four a named `camera` of CAMERAS (`dronescapes`:
+    the public dataset's).
+    The dependency must declare its quantity: depths are used as they are (their unit and scale
+    do not matter), inverse depth is inverted first.
     """
 
     n_deps = 1
     dep_kinds = ("depth",)
 
-    def __init__(self, window: int = 11, fov_deg: float = 75.0):
-        check_params(window, fov_deg)
-        self.window, self.fov_deg = window, fov_deg
+    def __init__(self, window: int = 11, fov_deg: float | None = None,
+                 fov_axis: Literal["horizontal", "vertical", "diagonal"] | None = None,
+                 sensor_size: list[int] | None = None,
+                 principal_point: Literal["centre", "corner"] | None = None, camera: str | None = None):
+        given = {"fov_deg": fov_deg, "fov_axis": fov_axis, "sensor_size": sensor_size,
+                 "principal_point": principal_point}
+        if camera is not None:
+            if camera not in CAMERAS:
+                raise ValueError(f"camera must be one of {', '.join(CAMERAS)}, got {camera!r}")
+            clash = [k for k, v in given.items() if v is not None]
+            if clash:
+                raise ValueError(f"camera '{camera}' sets the field of view: remove {', '.join(clash)} "
+                                 f"or camera")
+            fov = CAMERAS[camera]
+        else:
+            fov = tuple(d if v is None else v for v, d in zip(given.values(), DEFAULT_CAMERA))
+        check_params(window, *fov)
+        self.window, self.camera = window, camera
+        self.fov_deg, self.fov_axis, self.sensor_size, self.principal_point = fov
         self.quantity: str | None = None  # set by output(): what the dependency holds
 
     def output(self, deps: Mapping[str, OutputSpec]) -> OutputSpec:
@@ -222,4 +284,5 @@ class SvdNormals(Expert):
         if self.quantity is None:
             raise RuntimeError("normals/svd: output() must be given the dependency's spec first")
         depth = as_depth(deps[self.deps[0]][..., 0], self.quantity)
-        return encode_normals(normals_from_depth(depth, self.fov_deg, self.window))
+        return encode_normals(normals_from_depth(depth, self.fov_deg, self.window, self.fov_axis,
+                                                 self.sensor_size, self.principal_point))

@@ -47,6 +47,32 @@ def clip(tmp_path_factory) -> Path:
     return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", n_frames=48, size=(180, 320))
 
 
+def vre_python() -> Path:
+    """The Python of a separate venv with VRE (video-representations-extractor) installed: $VRE_PYTHON,
+    else `vre-venv/` beside the shared folder; skips the test when there is none."""
+    candidates = [os.environ.get("VRE_PYTHON", ""), SHARED.resolve().parent / "vre-venv" / "bin" / "python"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    pytest.skip("VRE (video-representations-extractor) is not installed: set VRE_PYTHON to the python of "
+                "a venv where `pip install video-representations-extractor` ran")
+
+
+def run_vre_oracle(node: str, inputs: dict, folder: Path, params: dict | None = None):
+    """VRE's output for `node` on `inputs` (see benchmarks/vre_oracle.py); skips without VRE."""
+    import json
+
+    import numpy as np
+
+    python = vre_python()
+    src, dst = folder / "oracle_in.npz", folder / "oracle_out.npz"
+    np.savez(src, **inputs)
+    r = subprocess.run([str(python), str(REPO / "benchmarks" / "vre_oracle.py"), node, str(src), str(dst),
+                        json.dumps(params or {})], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return np.load(dst)["out"]
+
+
 def write_recipe(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from experts.maps import safe_landing
-from experts.normals import SvdNormals, camera_rays, normals_from_depth
+from conftest import run_vre_oracle
+from experts.normals import CAMERAS, SvdNormals, camera_rays, focal_lengths, normals_from_depth
 from video_pipeline.expert import OutputSpec
 from video_pipeline.registry import get_expert
 
@@ -17,9 +18,9 @@ def unit(v) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def plane_depth(normal, offset: float, h: int = H, w: int = W, fov: float = FOV) -> np.ndarray:
+def plane_depth(normal, offset: float, h: int = H, w: int = W, fov: float = FOV, **camera) -> np.ndarray:
     """Depth [h,w] of the plane {P : normal . P = offset}; NaN where the ray misses it (behind)."""
-    u, v = camera_rays(h, w, fov)
+    u, v = camera_rays(h, w, fov, **camera)
     with np.errstate(divide="ignore"):
         depth = offset / (normal[0] * u + normal[1] * v + normal[2])
     depth[~(depth > 0)] = np.nan
@@ -183,9 +184,76 @@ def test_expert_is_registered_and_declares_its_output():
 
 
 @pytest.mark.parametrize("params, message", [({"window": 4}, "odd"), ({"window": 1}, "odd"),
-                                             ({"fov_deg": 180.0}, "fov_deg"), ({"fov_deg": 0.0}, "fov_deg")])
+                                             ({"fov_deg": 180.0}, "fov_deg"), ({"fov_deg": 0.0}, "fov_deg"),
+                                             ({"fov_axis": "width"}, "fov_axis"),
+                                             ({"sensor_size": [3840]}, "sensor_size"),
+                                             ({"principal_point": "middle"}, "principal_point")])
 def test_bad_parameters_are_refused(params, message):
     with pytest.raises(ValueError, match=message):
         SvdNormals(**params)
     with pytest.raises(ValueError, match=message):
         normals_from_depth(np.ones((8, 8)), **params)
+
+
+def test_field_of_view_conventions():
+    t = math.tan(math.radians(30))  # a 60 degree FOV
+    assert np.allclose(focal_lengths(300, 400, 60, "horizontal"), (200 / t, 200 / t))
+    assert np.allclose(focal_lengths(300, 400, 60, "vertical"), (150 / t, 150 / t))
+    assert np.allclose(focal_lengths(300, 400, 60, "diagonal"), (250 / t, 250 / t))
+    # The FOV measured on a 3840x2160 sensor, the frame its resized picture: a 540x960 frame keeps
+    # the sensor's square pixels, a 4:3 frame of it (squeezed) gets fx != fy.
+    fx, fy = focal_lengths(540, 960, 75, "diagonal", (3840, 2160))
+    assert np.isclose(fx, fy) and np.isclose(fx, math.hypot(960, 540) / 2 / math.tan(math.radians(37.5)))
+    fx, fy = focal_lengths(720, 960, 75, "diagonal", (3840, 2160))
+    assert np.isclose(fx * 3840 / 960, fy * 2160 / 720) and not np.isclose(fx, fy)  # one sensor focal
+
+
+@pytest.mark.parametrize("camera", [{"fov_axis": "vertical"}, {"fov_axis": "diagonal", "sensor_size": (3840, 2160)},
+                                    {"fov_axis": "diagonal", "sensor_size": (4000, 3000),
+                                     "principal_point": "corner"}])
+def test_tilted_plane_under_every_fov_convention(camera):
+    n = unit((0.25, 0.55, 0.8))
+    normals = normals_from_depth(plane_depth(n, 5.0, **camera), FOV, 7, **camera)[0]
+    valid = ~np.isnan(normals[..., 0])
+    assert valid.mean() > 0.9 and angle_deg(normals[valid], n).max() < 0.1
+    # the same depth read with the horizontal default is another camera: the normals differ
+    other = normals_from_depth(plane_depth(n, 5.0, **camera), FOV, 7)[0]
+    assert np.nanmedian(angle_deg(other, n)) > 0.5
+
+
+def test_named_camera_and_its_clashes():
+    expert = SvdNormals(camera="dronescapes")
+    assert (expert.fov_deg, expert.fov_axis, expert.sensor_size, expert.principal_point) == CAMERAS["dronescapes"]
+    default = SvdNormals()
+    assert (default.fov_deg, default.fov_axis, default.sensor_size, default.principal_point) == \
+        (75.0, "horizontal", None, "centre")
+    with pytest.raises(ValueError, match="camera 'dronescapes' sets the field of view: remove fov_deg"):
+        SvdNormals(camera="dronescapes", fov_deg=60.0)
+    with pytest.raises(ValueError, match="camera must be one of dronescapes"):
+        SvdNormals(camera="gopro")
+
+
+def bumpy_depth(h: int, w: int) -> np.ndarray:
+    """[h, w] an oblique ground plane (30 degree pitch, dronescapes camera) with smooth bumps, max 1."""
+    u, v = camera_rays(h, w, *CAMERAS["dronescapes"])
+    pitch = math.radians(30)
+    depth = 30.0 / (math.cos(pitch) * v + math.sin(pitch)) * np.ones_like(u)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    depth *= 1 - 0.1 * np.sin(9 * xx) * np.cos(7 * yy)
+    return (depth / depth.max()).astype(np.float32)
+
+
+def test_agrees_with_vre_normals_depth_svd(tmp_path):
+    """VRE's normals/depth-svd with the dataset's parameters on the same depth: median angle < 0.1 deg."""
+    depth = bumpy_depth(54, 96)[None]
+    theirs = run_vre_oracle("normals/depth-svd", {"frames": np.zeros((1, 54, 96, 3), np.uint8),
+                                                  "depth": depth[..., None]}, tmp_path,
+                            {"sensor_fov": 75, "sensor_size": [3840, 2160], "window_size": 11,
+                             "dependencies": ["depth"]})
+    expert = SvdNormals(camera="dronescapes").bind("normals", deps=("depth",))
+    expert.output({"depth": OutputSpec(channels=1, kind="depth", quantity="relative_depth")})
+    ours = expert(np.zeros((1, 54, 96, 3), np.uint8), {"depth": depth[..., None]}).astype(np.float32)
+    a, b = ours * 2 - 1, theirs.astype(np.float32) * 2 - 1
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    angles = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    assert np.median(angles) < 0.1, np.median(angles)

@@ -1,0 +1,93 @@
+"""Run one node of video-representations-extractor (VRE) on given inputs: the oracle we compare with.
+
+Runs under the Python of a separate virtual environment with VRE installed from PyPI
+(`pip install video-representations-extractor`), never under ours; nothing of VRE is imported by
+the project. Usage:
+
+    VRE_PYTHON benchmarks/vre_oracle.py NODE INPUTS.npz OUTPUTS.npz [PARAMS_JSON]
+
+INPUTS.npz holds `frames` (uint8 [N,H,W,3]) and, for nodes with dependencies, their arrays under
+the dependency's name (depth [N,H,W,1], raw Mask2Former label maps uint8 [N,H,W], normals
+[N,H,W,3]). OUTPUTS.npz gets `out`: VRE's output [N,H,W,C] as VRE computes it in memory.
+NODE is a VRE type (`color/rgb`, `color/hsv`, `edges/canny`, `normals/depth-svd`,
+`soft-segmentation/python-halftone`, `soft-segmentation/generalized-boundaries`) or `mapper:NAME`
+for a derived task of the `semantic_mapper` example (its file, from VRE's git repository, lies in
+the folder $VRE_SEMANTIC_MAPPER).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+# VRE type -> (module, class) of its built-in repository (imported one by one: the whole repository
+# needs GPU builds of torchvision operators).
+REPRESENTATIONS = {
+    "color/rgb": ("vre_repository.color.rgb", "RGB"),
+    "color/hsv": ("vre_repository.color.hsv", "HSV"),
+    "edges/canny": ("vre_repository.edges.canny", "Canny"),
+    "normals/depth-svd": ("vre_repository.normals.depth_svd", "DepthNormalsSVD"),
+    "soft-segmentation/python-halftone": ("vre_repository.soft_segmentation.halftone", "Halftone"),
+    "soft-segmentation/generalized-boundaries": ("vre_repository.soft_segmentation.generalized_boundaries",
+                                                 "GeneralizedBoundaries"),
+}
+
+
+def run_representation(node: str, inputs: dict, params: dict) -> np.ndarray:
+    """A representation of VRE's built-in repository, computed on the frames (and its dependency)."""
+    import importlib
+
+    from vre.utils import MemoryData, ReprOut
+
+    module, name = REPRESENTATIONS[node]
+    cls = getattr(importlib.import_module(module), name)
+    deps = params.pop("dependencies", [])
+    if deps:  # VRE checks its dependencies' types; the data itself comes in below
+        from vre_repository.depth import DepthRepresentation
+
+        params["dependencies"] = [DepthRepresentation(d, min_depth=0, max_depth=1) for d in deps]
+    rep = cls(name="oracle", **params)
+    frames = inputs["frames"]
+    ixs = list(range(len(frames)))
+    dep_data = [ReprOut(frames=frames, output=MemoryData(inputs[d]), key=ixs) for d in deps]
+    return np.asarray(rep.compute(frames, ixs, dep_data or None).output)
+
+
+def run_mapper(name: str, inputs: dict) -> np.ndarray:
+    """A derived task of VRE's semantic_mapper example, from its dependencies' data, frame by frame.
+
+    Raw Mask2Former label maps are one-hot encoded as VRE's readers hand them to `merge_fn`.
+    """
+    from vre.utils import MemoryData
+
+    sys.path.insert(0, os.environ["VRE_SEMANTIC_MAPPER"])
+    import semantic_mapper  # noqa: E402  (VRE's example, from its repository)
+
+    tasks = semantic_mapper.get_new_semantic_mapped_tasks()
+    task = tasks[name]
+    n = len(inputs["frames"])
+    out = []
+    for i in range(n):
+        dep_data = []
+        for dep in task.dependencies:
+            data = inputs[dep.name][i]
+            if data.dtype == np.uint8 and data.ndim == 2:  # a label map: one-hot over its classes
+                data = np.eye(len(dep.classes), dtype=np.float32)[data]
+            dep_data.append(MemoryData(data.astype(np.float32)))
+        out.append(np.asarray(task.merge_fn(dep_data)))
+    return np.stack(out)
+
+
+def main() -> None:
+    node, src, dst = sys.argv[1:4]
+    params = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    inputs = dict(np.load(src))
+    out = run_mapper(node[len("mapper:"):], inputs) if node.startswith("mapper:") else \
+        run_representation(node, inputs, params)
+    np.savez(dst, out=out)
+
+
+if __name__ == "__main__":
+    main()
