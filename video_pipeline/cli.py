@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 
 from video_pipeline import __version__
-from video_pipeline.errors import VreError
+from video_pipeline.errors import Interrupted, VreError
+
+# What Ctrl-C leaves behind, per command (commands that know more raise errors.Interrupted).
+INTERRUPTED = {"run": "interrupted; finished shards are kept, rerun the same command to resume"}
 
 
 def cmd_run(args) -> int:
@@ -104,7 +107,24 @@ def cmd_import(args) -> int:
     return 0 if not summary.get("skipped") else 3
 
 
+def print_example_or_need_config(args) -> bool:
+    """`--example NAME`: print that bundled config and say so; without it a CONFIG is required."""
+    if args.example:
+        from video_pipeline.bundled import example_config
+
+        sys.stdout.write(example_config(args.example).read_text())
+        return True
+    if not args.config:
+        from video_pipeline.bundled import example_names
+
+        raise VreError(f"vre {args.command}: give a CONFIG.yaml, or start from an example: vre {args.command} "
+                       f"--example NAME > my.yaml (examples: {', '.join(example_names())})")
+    return False
+
+
 def cmd_train(args) -> int:
+    if print_example_or_need_config(args):
+        return 0
     from video_pipeline.phgmae.train import main as train_main
 
     return train_main(args.config, resume=args.resume, device=args.device)
@@ -123,6 +143,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_distill(args) -> int:
+    if print_example_or_need_config(args):
+        return 0
     from video_pipeline.phgmae.distill import main as distill_main
 
     return distill_main(args.config, device=args.device)
@@ -224,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     md.set_defaults(func=cmd_import)
 
     t = sub.add_parser("train", help="train a PHG-MAE model (config YAML)")
-    t.add_argument("config")
+    t.add_argument("config", nargs="?", help="training config YAML (docs/training.md)")
+    t.add_argument("--example", metavar="NAME", help="print a bundled config to start from "
+                   "(pretrain, teacher, distill) and exit")
     t.add_argument("--resume", help="checkpoint to resume from (default: the output folder's last.ckpt if any)")
     t.add_argument("--device")
     t.set_defaults(func=cmd_train)
@@ -288,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     ag.set_defaults(func=cmd_analyze)
 
     d = sub.add_parser("distill", help="distill an ensemble into an RGB-only student (config YAML)")
-    d.add_argument("config")
+    d.add_argument("config", nargs="?", help="distillation config YAML (docs/ensembles.md)")
+    d.add_argument("--example", metavar="NAME", help="print a bundled config (distill) and exit")
     d.add_argument("--device")
     d.set_defaults(func=cmd_distill)
 
@@ -327,9 +352,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vre: error: {err}", file=sys.stderr)
         return err.exit_code
+    except Interrupted as err:
+        print(f"vre: {err}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("vre: interrupted; finished shards are kept, rerun the same command to resume",
-              file=sys.stderr)
+        print(f"vre: {INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from importlib import resources
 from pathlib import Path
 
+from video_pipeline.bundled import bundled_recipe
 from video_pipeline.describe import describe_store
 from video_pipeline.errors import VreError
 from video_pipeline.recipe import load_recipe
@@ -15,7 +15,7 @@ from video_pipeline.synth import make_clip
 
 def quickstart_recipe() -> Path:
     """Path of the bundled recipes/quickstart.yaml."""
-    return Path(str(resources.files("video_pipeline.recipes") / "quickstart.yaml"))
+    return bundled_recipe("quickstart")
 
 
 def make_demo_clip(path: Path) -> Path:

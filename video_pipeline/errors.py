@@ -33,3 +33,7 @@ class DecodeError(VideoError):
     def __init__(self, message: str, frame: int):
         super().__init__(message)
         self.frame = frame
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the one line saying what was kept and how to go on (the CLI prints it, exit 130)."""

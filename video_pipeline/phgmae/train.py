@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from video_pipeline.errors import VreError
+from video_pipeline.errors import Interrupted, VreError
 from video_pipeline.phgmae.config import TrainConfig, learned_targets, load_config, mask_policy, parse_frames
 from video_pipeline.phgmae.engine import (NodeLayout, StepSetup, dataset_statistics,
                                           evaluate, layout_from_dataset, lr_at, train_one_epoch,
@@ -40,9 +40,29 @@ RESUMABLE_CHANGES = ("epochs", "device", "path", "data.num_workers")
 
 def main(config_path: str | Path, resume: str | Path | None = None, device: str | None = None) -> int:
     cfg = load_config(config_path)
-    dev = pick_device(device or cfg.device)
     out = cfg.resolve(cfg.output)
+    try:
+        return run_training(cfg, out, resume, device)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(out)) from None
+
+
+def interrupted_message(out: Path) -> str:
+    """What Ctrl-C kept: the epochs `last.ckpt` in `out` holds (metrics.jsonl has one line per epoch)."""
+    log = out / "metrics.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() and (out / "last.ckpt").is_file() else []
+    if not lines:
+        return f"interrupted before the first epoch ended; nothing was saved in {out}"
+    epoch = json.loads(lines[-1])["epoch"]
+    return (f"interrupted; {out / 'last.ckpt'} holds epoch {epoch} (the epoch under way is lost); "
+            f"rerun the same command to resume from it")
+
+
+def run_training(cfg: TrainConfig, out: Path, resume: str | Path | None, device: str | None) -> int:
+    """The loop (see the module docstring); `out` is the config's output folder."""
+    dev = pick_device(device or cfg.device)
     out.mkdir(parents=True, exist_ok=True)
+    print(f"output: {out} (last.ckpt, best.ckpt, metrics.jsonl, loss.png)")
 
     # ---- resume or start: what the checkpoint (if any) fixes
     if resume is None and (out / "last.ckpt").is_file():
@@ -106,10 +126,11 @@ def main(config_path: str | Path, resume: str | Path | None = None, device: str 
         s_torch, s_loader, s_mask = epoch_seeds(cfg.seed, epoch)
         torch.manual_seed(s_torch)
         loader = train_loader(train_ds, cfg, steps_per_epoch, s_loader, dev)
-        train, step = train_one_epoch(
-            model, loader, setup, optimizer, scaler, lambda s: lr_at(s, total_steps, cfg.optimizer.lr, cfg.schedule),
-            step, torch.Generator().manual_seed(s_mask), cfg.grad_clip, where=f"epoch {epoch + 1}, ",
-            prepare=train_ds.to_float if train_ds.compact else None)
+        with step_bar(loader, steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}") as batches:
+            train, step = train_one_epoch(
+                model, batches, setup, optimizer, scaler, lambda s: lr_at(s, total_steps, cfg.optimizer.lr, cfg.schedule),
+                step, torch.Generator().manual_seed(s_mask), cfg.grad_clip, where=f"epoch {epoch + 1}, ",
+                prepare=train_ds.to_float if train_ds.compact else None)
         val = evaluate(model, eval_loader(val_ds, cfg, dev), setup,
                        torch.Generator().manual_seed(validation_seed(cfg.seed)),
                        prepare=val_ds.to_float if val_ds.compact else None)
@@ -313,6 +334,14 @@ def truncate_log(log: Path, epoch: int) -> None:
 
 def read_log(log: Path) -> list[dict]:
     return [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+
+
+def step_bar(batches, steps: int, desc: str):
+    """A progress bar on stderr over one epoch's `batches`, one tick per optimizer step; cleared when
+    the epoch ends (its line follows) or is interrupted. Used as a context manager."""
+    from tqdm import tqdm
+
+    return tqdm(batches, total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True)
 
 
 def draw_curves(log: Path, out: Path) -> None:
