@@ -121,7 +121,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     grad_clip: float | None = 1.0
-    monitor: str = "loss"
+    monitor: str = "auto"
     path: Path = Path("config.yaml")  # the file it was read from (not a key)
 
     @property
@@ -252,6 +252,11 @@ def check_config(cfg: TrainConfig, data: LineDict) -> None:
                                                f"{d.inputs}, outputs: {d.outputs})")
         if not isinstance(modality, str):
             fail(("data", "modalities", node), f"data.modalities.{node} must be a store modality name")
+    for node in d.inputs:
+        for out in d.outputs:
+            if cfg.modality(node) == cfg.modality(out):
+                fail(("data", "inputs"), f"data.inputs: '{node}' reads '{cfg.modality(node)}', the modality of the "
+                                         f"output '{out}': the model would see its answer; remove it from data.inputs")
     sources = [cfg.modality(n) for n in nodes]
     if len(set(sources)) != len(sources):
         fail(("data", "modalities"), f"two nodes read the same store modality ({sources})")
@@ -328,8 +333,8 @@ def check_config(cfg: TrainConfig, data: LineDict) -> None:
     if cfg.grad_clip is not None and cfg.grad_clip <= 0:
         fail(("grad_clip",), "grad_clip must be > 0 (or null for no clipping)")
     if not monitor_ok(cfg.monitor, nodes):
-        fail(("monitor",), f"monitor must be 'loss', '<node>.loss' or '<node>.miou' for a node of "
-                           f"{nodes}, got {cfg.monitor!r}")
+        fail(("monitor",), f"monitor must be 'auto', 'loss', '<node>.loss', '<node>.miou' or "
+                           f"'<node>.miou_scenes' for a node of {nodes}, got {cfg.monitor!r}")
 
 
 def check_learned(cfg: TrainConfig, fail) -> None:
@@ -365,11 +370,14 @@ def learned_targets(cfg: TrainConfig) -> list[str]:
     return [n for n in cfg.data.outputs if (cfg.losses.nodes[n].weight if n in cfg.losses.nodes else 1.0) > 0]
 
 
+MONITORED = ("loss", "miou", "miou_scenes")  # <node>.<what>; miou figures are maximised
+
+
 def monitor_ok(monitor: str, nodes: list[str]) -> bool:
-    if monitor == "loss":
+    if monitor in ("loss", "auto"):
         return True
     node, _, what = monitor.rpartition(".")
-    return node in nodes and what in ("loss", "miou")
+    return node in nodes and what in MONITORED
 
 
 def mask_policy(cfg: TrainConfig):

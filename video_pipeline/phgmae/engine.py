@@ -383,8 +383,9 @@ def evaluate(model: nn.Module, batches: Iterable, setup: StepSetup, generator: t
              prepare=None) -> dict:
     """Losses and class metrics over `batches`, masks from `generator` (seed it the same way every
     time to compare epochs). Returns {loss, nodes: {node: {loss, [miou, mf1, iou, f1, scene_miou,
-    miou_scenes]}}}; class metrics count the pixels whose loss counts (see `node_losses`).
-    `prepare`: as in `train_one_epoch`."""
+    miou_scenes]}}}. Only hidden nodes are scored, whatever `setup.only_masked` says for training:
+    a node scored where it was visible would reward copying the input (an identity network would
+    look perfect on any input node). `prepare`: as in `train_one_epoch`."""
     model.eval()
     sums = _Sums()
     metrics = {n.name: ClassMetrics(n.classes) for n in setup.layout.nodes if n.kind in ("class", "soft")}
@@ -396,12 +397,12 @@ def evaluate(model: nn.Module, batches: Iterable, setup: StepSetup, generator: t
         mask = sample_mask(x.shape[0], setup.policy, generator).to(setup.device)
         with setup.autocast():
             preds = forward_nodes(model, x, mask | ~present, setup.layout)
-        losses = node_losses(preds, targets, mask, present, setup.specs, setup.only_masked, setup.layout)
+        losses = node_losses(preds, targets, mask, present, setup.specs, True, setup.layout)
         sums.add(losses, float(combine(losses, setup.specs)))
         for m, node in enumerate(setup.layout.nodes):
             if node.name not in metrics:
                 continue
-            selected = present[:, m] & (mask[:, m] if setup.only_masked else True)
+            selected = present[:, m] & mask[:, m]
             labels = target_labels(node, targets[node.name])[selected]
             scenes = [s for s, keep in zip(batch["store"], selected.tolist()) if keep]
             metrics[node.name].update(scenes, preds[node.name][selected].argmax(1), labels)

@@ -121,6 +121,8 @@ def run_training(cfg: TrainConfig, out: Path, resume: str | Path | None, device:
           f"({layout.total_channels} channels), {cfg.model.type} with {count_parameters(model):,} "
           f"parameters on {dev}; {steps_per_epoch} steps of {cfg.batch_size} per epoch")
 
+    monitor = resolve_monitor(cfg.monitor, layout)
+
     # ---- the loop
     while epoch < cfg.epochs:
         s_torch, s_loader, s_mask = epoch_seeds(cfg.seed, epoch)
@@ -142,13 +144,12 @@ def run_training(cfg: TrainConfig, out: Path, resume: str | Path | None, device:
             setup.policy = dataclasses.replace(setup.policy, probability=update(
                 setup.policy.probability, effect.effect, effect.loss, guide.rate, guide.min, guide.max))
         epoch += 1
-        value = monitored(val, cfg.monitor)
-        improved = value is not None and (best is None or (value > best if cfg.monitor.endswith(".miou")
-                                                           else value < best))
+        value = monitored(val, monitor)
+        improved = value is not None and (best is None or (value > best if maximised(monitor) else value < best))
         best = value if improved else best
         record = {"epoch": epoch, "step": step, "lr": lr_at(step - 1, total_steps, cfg.optimizer.lr, cfg.schedule),
                   "train": {"loss": train["loss"], "nodes": train["nodes"]}, "validation": val,
-                  "monitor": cfg.monitor, "best": best, **throughput(train), "device": str(dev)}
+                  "monitor": monitor, "best": best, **throughput(train), "device": str(dev)}
         if guide is not None:  # the probabilities after this epoch's update: what the next epoch uses
             record["masking"] = dict(setup.policy.probability)
         if effect is not None:
@@ -221,6 +222,8 @@ def build_datasets(cfg: TrainConfig, statistics: dict | None, compact: bool = Fa
         sel = getattr(cfg.data, split)
         try:
             stores = [VideoStore.open(cfg.resolve(s)) for s in sel.stores]
+            for store in stores:
+                check_provenance(cfg, store)
             # probabilities (semantic, several channels) are targets as they are, like class maps
             normalization = {m: "none" if _is_semantic(stores, m, is_class_map) else cfg.data.normalization
                              for m in modalities}
@@ -237,6 +240,34 @@ def build_datasets(cfg: TrainConfig, statistics: dict | None, compact: bool = Fa
         raise VreError(f"{cfg.path}: training frames are {train.size}, validation frames {val.size}; "
                        f"set data.resolution")
     return train, val
+
+
+def derived_from(store, modality: str, sources: set[str]) -> list[str] | None:
+    """The chain [modality, dep, ..., source] by which a store array was computed from one of
+    `sources` (its attrs' `deps`, followed through the store), or None if it was not."""
+    stack, seen = [[modality]], set()
+    while stack:
+        chain = stack.pop()
+        name = chain[-1]
+        if name in seen or name not in store.names:
+            continue
+        seen.add(name)
+        for dep in dict(store.array(name).attrs).get("deps") or ():
+            if dep in sources:
+                return [*chain, dep]
+            stack.append([*chain, dep])
+    return None
+
+
+def check_provenance(cfg: TrainConfig, store) -> None:
+    """Refuse an input computed (by store provenance) from an output's modality: e.g. a binary map
+    derived from the semantic map the model learns to predict would hand it the answer."""
+    outputs = {cfg.modality(n): n for n in cfg.data.outputs}
+    for node in cfg.data.inputs:
+        chain = derived_from(store, cfg.modality(node), set(outputs))
+        if chain:
+            raise VreError(f"data.inputs: '{node}' is computed from the output '{outputs[chain[-1]]}' in {store.path} "
+                           f"({' <- '.join(chain)}): the model would see its answer; remove it from data.inputs")
 
 
 def _is_semantic(stores, modality: str, is_class_map) -> bool:
@@ -307,6 +338,19 @@ def eval_loader(dataset, cfg: TrainConfig, dev: torch.device):
 
 
 # ---------------------------------------------------------------------------------------- records
+def resolve_monitor(monitor: str, layout: NodeLayout) -> str:
+    """`auto`: the per-scene mIoU (the Dronescapes figure) of the first class or soft output, else
+    the validation loss; any other value as it is."""
+    if monitor != "auto":
+        return monitor
+    classes = [n for n in layout.outputs if layout.node(n).kind in ("class", "soft")]
+    return f"{classes[0]}.miou_scenes" if classes else "loss"
+
+
+def maximised(monitor: str) -> bool:
+    return monitor.endswith((".miou", ".miou_scenes"))
+
+
 def monitored(val: dict, monitor: str) -> float | None:
     if monitor == "loss":
         return val["loss"]
