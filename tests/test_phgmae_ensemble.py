@@ -388,3 +388,21 @@ def test_released_checkpoint_is_a_class_model_with_its_masking_policy(tmp_path, 
     assert attrs["params"]["aggregation"] == "vote" and np.allclose(probs.sum(-1), 1.0, atol=2e-3)
     assert (probs.max(-1) == 1.0).mean() > 0.8     # votes of two identical passes: one-hot (blended at edges)
     assert dict(s.array("ensemble_semantic_output_uncertainty").attrs)["measure"] == "entropy"
+
+
+def test_pseudo_labels_are_appended_to_the_labelled_frames(tmp_path):
+    """--labels: frames with labels keep them (one-hot, uncertainty 0); only the unlabelled frames
+    get the ensemble's probabilities, so a round-2 target adds samples and replaces none."""
+    store = small_store(tmp_path / "s.zarr", n=6, size=(16, 24))
+    VideoStore.open(store, "r+").clear("semantic", np.arange(3, 6))             # frames 3..5 unlabelled
+    ckpt = tiny_checkpoint(tmp_path / "round1.ckpt")
+    assert vre_main(["ensemble", str(ckpt), str(store), "-k", "3", "--name", "pseudo", "--labels", "semantic",
+                     "--device", "cpu"]) == 0
+    s = VideoStore.open(store)
+    probs = s.read("pseudo", np.arange(6)).astype(np.float32)
+    labels = s.read("semantic", np.arange(3))[..., 0]
+    assert np.array_equal(probs[:3], np.eye(4, dtype=np.float32)[labels])
+    assert (s.read("pseudo_uncertainty", np.arange(3)) == 0).all()
+    assert not np.isin(probs[3:], [0.0, 1.0]).all() and np.allclose(probs[3:].sum(-1), 1, atol=5e-3)
+    assert dict(s.array("pseudo").attrs)["params"]["labels"] == "semantic"
+    assert vre_main(["ensemble", str(ckpt), str(store), "--node", "depth", "--labels", "semantic"]) == 2

@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--overwrite", action="store_true")
     en.add_argument("--node", nargs="+", help="output nodes to predict (default: the checkpoint's outputs)")
     en.add_argument("--min-confidence", type=float, help="pseudo-labels: keep pixels whose top probability reaches this")
+    en.add_argument("--labels", help="pseudo-labels: keep this labelled modality on the frames that have it "
+                                     "(the ensemble fills the others)")
     en.add_argument("--fit-frames", nargs="+", metavar="A..B|I", help="frames with targets to learn per-pass weights on")
     en.set_defaults(func=cmd_ensemble)
 

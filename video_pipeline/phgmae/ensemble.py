@@ -175,6 +175,7 @@ class Plan:
     seed: int
     pass_weights: Mapping[str, torch.Tensor]  # node -> float [K] (learned aggregation only)
     min_confidence: float | None = None
+    labels: str | None = None               # keep these labels where a frame has them (pseudo-labels)
 
     @property
     def k(self) -> int:
@@ -186,12 +187,12 @@ class Plan:
         return {"node": node, "k": self.k, "seed": self.seed, "aggregation": self.aggregation,
                 "available": list(self.available), "masks": visible_nodes(self.masks, layout),
                 "pass_weights": [round(float(v), 6) for v in weights] if weights is not None else None,
-                "min_confidence": self.min_confidence}
+                "min_confidence": self.min_confidence, **({"labels": self.labels} if self.labels else {})}
 
 
 def make_plan(loaded: Loaded, stores: Sequence[VideoStore], nodes: Sequence[str] | None, k: int,
               aggregation: str, seed: int, available: Sequence[str] | None = None,
-              min_confidence: float | None = None) -> Plan:
+              min_confidence: float | None = None, labels: str | None = None) -> Plan:
     """Targets, available inputs and masks (pass weights are fit by `fit_plan` for `learned`)."""
     layout = loaded.layout
     if aggregation not in AGGREGATIONS:
@@ -210,7 +211,37 @@ def make_plan(loaded: Loaded, stores: Sequence[VideoStore], nodes: Sequence[str]
     avail = resolve_available(loaded, stores, nodes, available)
     hidden = [n for n in layout.names if n not in avail]
     masks = ensemble_masks(ensemble_policy(layout, hidden, loaded.masking), k, seed)
-    return Plan(tuple(nodes), tuple(avail), masks, aggregation, seed, {}, min_confidence)
+    if labels is not None:
+        if len(nodes) != 1 or not is_class(layout, nodes[0]):
+            raise VreError(f"--labels keeps the labels of one class node; the ensemble predicts {', '.join(nodes)}")
+        missing = [str(st.path) for st in stores if labels not in st.names]
+        if missing:
+            raise VreError(f"--labels {labels}: not in {', '.join(missing)}")
+    return Plan(tuple(nodes), tuple(avail), masks, aggregation, seed, {}, min_confidence, labels)
+
+
+def keep_labels(store: VideoStore, labels: str, positions: np.ndarray, probabilities: np.ndarray,
+                uncertainty: np.ndarray) -> None:
+    """Where a frame at `positions` [B] has `labels` (a class map, or class probabilities), put them
+    in place of the ensemble's probabilities [B, H, W, K] (one-hot, NaN where unlabelled) and set the
+    uncertainty [B, H, W, 1] to 0 there: pseudo-labels are appended to the labelled frames, never
+    put in their place. In place."""
+    done = store.done_frames(labels)[positions]
+    if not done.any():
+        return
+    stored = store.read(labels, positions[done]).astype(np.float32)                     # [L, H, W, c]
+    k = probabilities.shape[-1]
+    if stored.shape[1:3] != probabilities.shape[1:3]:
+        raise VreError(f"{store.path}/{labels}: {stored.shape[1:3]} frames, the ensemble writes {probabilities.shape[1:3]}")
+    if stored.shape[-1] == 1:
+        label = stored[..., 0]
+        valid = (label >= 0) & (label < k)
+        onehot = np.eye(k, dtype=np.float32)[np.where(valid, label, 0).astype(np.int64)]
+        stored = np.where(valid[..., None], onehot, np.nan)
+    elif stored.shape[-1] != k:
+        raise VreError(f"{store.path}/{labels}: {stored.shape[-1]} channels, the node has {k} classes")
+    probabilities[done] = stored.astype(probabilities.dtype)
+    uncertainty[done] = 0
 
 
 def fit_plan(plan: Plan, loaded: Loaded, store_paths: Sequence[Path], frames=None, batch_size: int = 4) -> Plan:
@@ -371,6 +402,8 @@ def ensemble_store(plan: Plan, loaded: Loaded, store_path: str | Path, names: Ma
         for node, (result, unc) in results.items():
             arrays[names[node]] = result.permute(0, 2, 3, 1).half().cpu().numpy()
             arrays[names[node] + UNCERTAINTY_SUFFIX] = unc.permute(0, 2, 3, 1).half().cpu().numpy()
+            if plan.labels:
+                keep_labels(store, plan.labels, pos, arrays[names[node]], arrays[names[node] + UNCERTAINTY_SUFFIX])
         for i, p in enumerate(pos):
             writer.add(int(p), {name: a[i] for name, a in arrays.items()})
     seconds = time.perf_counter() - t0
@@ -396,7 +429,7 @@ def main(args) -> int:
     paths = [Path(s) for s in args.store]
     stores = [VideoStore.open(p) for p in paths]
     plan = make_plan(loaded, stores, getattr(args, "node", None), args.k, args.aggregation, args.seed,
-                     args.available, getattr(args, "min_confidence", None))
+                     args.available, getattr(args, "min_confidence", None), getattr(args, "labels", None))
     if args.batch_size < 1:
         raise VreError(f"--batch-size must be at least 1, got {args.batch_size}")
     names = output_names(plan, args.name)
