@@ -165,11 +165,12 @@ def safe_landing(normals: np.ndarray, depth: np.ndarray, vertical_axis: str = "y
 
 # ---------------------------------------------------------------- experts
 
-def _checked_class_ids(names: Sequence[str], dep: str, spec: OutputSpec) -> list[int]:
-    """Ids of `names` in a semantic dependency's classes; ValueError naming the unknown ones."""
+def _checked_class_ids(names: Sequence[str], dep: str, spec: OutputSpec, param: str) -> list[int]:
+    """Ids of `names` in a semantic dependency's classes; ValueError naming the parameter `param`
+    and the unknown class."""
     unknown = [n for n in names if n not in spec.classes]
     if unknown:
-        raise ValueError(f"class '{unknown[0]}' is not a class of dependency '{dep}' "
+        raise ValueError(f"{param}: class '{unknown[0]}' is not a class of dependency '{dep}' "
                          f"(its classes: {', '.join(spec.classes)})")
     return [spec.classes.index(n) for n in names]
 
@@ -266,7 +267,8 @@ class MapBinary(Expert):
         if self.per_dep and len(self.classes) != len(deps):
             raise ValueError(f"classes has {len(self.classes)} lists for {len(deps)} dependencies "
                              f"(give one list per dependency, or one list for all)")
-        self.class_ids = [_checked_class_ids(self.classes[i] if self.per_dep else self.classes, name, spec)
+        self.class_ids = [_checked_class_ids(self.classes[i] if self.per_dep else self.classes, name, spec,
+                                             "classes")
                           for i, (name, spec) in enumerate(deps.items())]
         return _binary_output()
 
@@ -361,7 +363,7 @@ class MapSafeLanding(Expert):
                              f"max_depth cannot bound it: set max_depth: null and AND the mask with "
                              f"map/threshold (deps [mask, {depth_name}], op ge)")
         if len(items) == 3:
-            self.safe_ids = _checked_class_ids(self.safe_classes, *items[2])
+            self.safe_ids = _checked_class_ids(self.safe_classes, *items[2], "safe_classes")
         return _binary_output()
 
     def __call__(self, frames: np.ndarray, deps: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -10,17 +10,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from experts.depth import load_hf, read_hf_config
+from video_pipeline.dronescapes import DRONESCAPES_CLASSES, DRONESCAPES_PALETTE
 from video_pipeline.errors import WeightsError
 from video_pipeline.expert import Expert, OutputSpec
 from video_pipeline.learned import frames_to_tensor, inference
 from video_pipeline.registry import register_expert
 
-# The 8 Dronescapes classes in the order of the PHG-MAE semantic node's channels, and their colours.
-# Source: the SafeUAV/PHG-MAE semantic expert of Meehai/video-representations-extractor
-# (vre_repository/semantic_segmentation/safeuav/safeuav.py), which released these checkpoints.
-DRONESCAPES_CLASSES = ("land", "forest", "residential", "road", "little-objects", "water", "sky", "hill")
-DRONESCAPES_PALETTE = ((0, 255, 0), (0, 127, 0), (255, 255, 0), (255, 255, 255),
-                       (255, 0, 0), (0, 0, 255), (0, 255, 255), (127, 127, 63))
 OUTPUTS = ("labels", "probabilities")
 # Mask-classification models (per-query class + mask logits) that semantic/hf runs from pixels alone.
 _MASK_CLASSIFICATION_TYPES = ("mask2former", "maskformer")

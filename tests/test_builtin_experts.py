@@ -24,27 +24,39 @@ DEPTH = {"type": "depth/hf", "weights": "tiny:depth"}  # relative inverse depth 
 DEPTH_RELATIVE = {**DEPTH, "params": {"normalization": "reciprocal"}}  # 1 / disparity: relative depth
 NORMALS = {"type": "normals/svd", "deps": ["depth"], "params": {"window": 5}}
 
-# type -> ExpertCase fields: the minimal configuration each built-in needs.
+# type -> ExpertCase fields: the minimal configuration each built-in needs, and the parameter values
+# it must refuse (in one line naming the parameter).
 CASES: dict[str, dict] = {
     "color/rgb": {},
     "color/hsv": {},
-    "edges/canny": {"params": {"low": 50, "high": 150}},
+    "edges/canny": {"params": {"low": 50, "high": 150},
+                    "invalid_params": (("low", 300), ("aperture", 4), ("blur", 4), ("blur", -1))},
     "edges/pidinet": {"weights": "tiny:pidinet"},
-    "flow/farneback": {"params": {"levels": 2, "winsize": 9}},
+    "flow/farneback": {"params": {"levels": 2, "winsize": 9},
+                       "invalid_params": (("pyr_scale", 1.0), ("levels", 0), ("poly_n", 6), ("scale", 0))},
     # RAFT's correlation pyramid needs frames of at least 64 pixels a side.
     "flow/raft": {"weights": "tiny:raft", "params": {"model": "small", "num_flow_updates": 2},
-                  "frames_shape": (3, 64, 64)},
-    "depth/hf": {"weights": "tiny:depth"},
-    "normals/svd": {"params": {"window": 5}, "deps": {"depth": DEPTH}},
-    "semantic/hf": {"weights": "tiny:segformer"},
-    "semantic/phgmae-distil": {"weights": "tiny:phgmae", "params": {"size": [48, 64]}},
+                  "frames_shape": (3, 64, 64), "invalid_params": (("model", "tiny"), ("num_flow_updates", 0))},
+    "depth/hf": {"weights": "tiny:depth",
+                 "invalid_params": (("normalization", "metric"), ("size", 8), ("quantity", "depth"))},
+    "normals/svd": {"params": {"window": 5}, "deps": {"depth": DEPTH},
+                    "invalid_params": (("window", 4), ("window", 1), ("fov_deg", 180.0), ("fov_deg", 0.0),
+                                       ("fov_axis", "width"), ("sensor_size", [3840]),
+                                       ("principal_point", "middle"), ("camera", "gopro"))},
+    "semantic/hf": {"weights": "tiny:segformer", "invalid_params": (("output", "logits"),)},
+    "semantic/phgmae-distil": {"weights": "tiny:phgmae", "params": {"size": [48, 64]},
+                               "invalid_params": (("output", "logits"), ("size", [540]))},
     "map/classes": {"params": {"table": "coco-to-dronescapes"},
-                    "deps": {"coco": {"type": "semantic/hf", "weights": "tiny:segformer-coco"}}},
+                    "deps": {"coco": {"type": "semantic/hf", "weights": "tiny:segformer-coco"}},
+                    "invalid_params": (("table", "no-such-table"),)},
     "map/vote": {"deps": {"labels": PHGMAE_LABELS, "probabilities": PHGMAE_PROBS}},
-    "map/binary": {"params": {"classes": ["land", "road"]}, "deps": {"semantic": PHGMAE_LABELS}},
-    "map/threshold": {"params": {"value": 0.5, "op": "ge", "quantity": "inverse_depth"}, "deps": {"depth": DEPTH}},
+    "map/binary": {"params": {"classes": ["land", "road"]}, "deps": {"semantic": PHGMAE_LABELS},
+                   "invalid_params": (("classes", []), ("classes", ["lava"]), ("mode", "most"))},
+    "map/threshold": {"params": {"value": 0.5, "op": "ge", "quantity": "inverse_depth"}, "deps": {"depth": DEPTH},
+                      "invalid_params": (("op", "eq"), ("quantity", "relative_depth"), ("quantity", "depth"))},
     "map/safe-landing": {"params": {"max_depth": 0.7},
-                         "deps": {"normals": NORMALS, "depth": DEPTH_RELATIVE, "semantic": PHGMAE_LABELS}},
+                         "deps": {"normals": NORMALS, "depth": DEPTH_RELATIVE, "semantic": PHGMAE_LABELS},
+                         "invalid_params": (("vertical_axis", "w"), ("safe_classes", ["lava"]))},
 }
 
 
@@ -153,6 +165,8 @@ def test_every_builtin_has_a_case_and_every_case_a_builtin():
     assert BUILTINS, "no built-in expert is registered (is the package installed?)"
     assert sorted(set(BUILTINS) - set(CASES)) == [], "add the new built-ins to CASES"
     assert sorted(set(CASES) - set(BUILTINS)) == [], "CASES names types that are not registered"
+    no_refusals = [t for t in BUILTINS if registry.get_expert(t).parameters() and not CASES[t].get("invalid_params")]
+    assert no_refusals == [], f"give invalid_params to the CASES of {no_refusals}"
 
 
 class TestBuiltinExperts(ExpertTests):

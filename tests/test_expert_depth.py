@@ -143,10 +143,3 @@ def test_constant_frames_normalize_to_zero():
     out = normalize_relative(depth)
     assert torch.equal(out[0], torch.zeros(4, 5))
     assert out[1].min() == 0 and out[1].max() == 1
-
-
-def test_bad_params_are_refused():
-    with pytest.raises(ValueError, match="normalization must be"):
-        HFDepth(normalization="metric")
-    with pytest.raises(ValueError, match="at least 14"):
-        HFDepth(size=8)

@@ -77,12 +77,6 @@ def test_farneback_last_frame_sign_is_applied():
     np.testing.assert_array_equal(out[1], -out[0])
 
 
-@pytest.mark.parametrize("params", [dict(pyr_scale=1.0), dict(levels=0), dict(poly_n=6), dict(scale=0)])
-def test_farneback_rejects_bad_params(params):
-    with pytest.raises(ValueError):
-        Farneback(**params)
-
-
 @pytest.fixture(scope="module")
 def raft_small_weights(tmp_path_factory):
     """A randomly initialised torchvision raft_small state dict saved as a plain file."""

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from video_pipeline import __version__
+from video_pipeline.dronescapes import DRONESCAPES_CLASSES, DRONESCAPES_PALETTE
 from video_pipeline.errors import RecipeError, StoreError, VreError
 from video_pipeline.recipe import NAME_RE, RESERVED_NAMES, sha256_of
 from video_pipeline.store import ArraySpec, VideoStore, shard_groups, store_name
@@ -43,10 +44,6 @@ FILE_RE = re.compile(r"^(?P<video>.+)_(?P<frame>\d+)\.(?P<ext>npz|npy)$")
 STORED_DTYPES = ("uint8", "float16", "float32")  # what an imported modality may be stored as
 MAX_CHANNELS = 4096
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry time: identical arrays give identical files
-# The 8 Dronescapes classes and their palette: what an imported class map without a description holds.
-DRONESCAPES_CLASSES = ["land", "forest", "residential", "road", "little-objects", "water", "sky", "hill"]
-DRONESCAPES_PALETTE = [[0, 255, 0], [0, 127, 0], [255, 255, 0], [255, 255, 255],
-                       [255, 0, 0], [0, 0, 255], [0, 255, 255], [127, 127, 63]]
 
 
 # ---------------------------------------------------------------------------------------- split files
@@ -408,7 +405,8 @@ def _infer_attrs(name: str, sample: np.ndarray) -> dict:
     attrs = {"type": None, "params": {}, "deps": [], "weights": None, "kind": kind, "channels": channels,
              "dtype": dtype, "classes": [], "palette": [], "value_range": None, "source": f"dronescapes/{name}"}
     if kind == "semantic":
-        attrs.update(classes=DRONESCAPES_CLASSES, palette=DRONESCAPES_PALETTE)
+        # what an imported class map without a description holds
+        attrs.update(classes=list(DRONESCAPES_CLASSES), palette=[list(c) for c in DRONESCAPES_PALETTE])
     return attrs
 
 

@@ -16,7 +16,9 @@ Subclass `ExpertTests` in a test module and name the expert to test; pytest runs
 The checks: the output spec is consistent; a batch has the declared shape and dtype and values in
 the declared range (class indices below the number of classes, binary maps 0/1, floats finite);
 frames one by one give what the batch gives; two calls agree; every parameter is annotated and its
-default (if any) is JSON-safe and accepted by its annotation; and an end-to-end `runner.run` of a
+default (if any) is JSON-safe and accepted by its annotation; each of `invalid_params` (parameter
+name, bad value) is refused when the recipe is loaded, in one line naming that parameter; and an
+end-to-end `runner.run` of a
 tiny recipe on a synthetic clip stores the array with the right shape, dtype and attrs (read back
 with plain zarr). Everything runs through the real machinery: the recipe loader, the runner's weights
 resolution, expert set-up and output checks, and the store.
@@ -27,7 +29,7 @@ import json
 import os
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,6 +39,7 @@ import yaml
 import zarr
 
 from video_pipeline import registry
+from video_pipeline.errors import RecipeError
 from video_pipeline.expert import KINDS, Expert, OutputSpec
 from video_pipeline.quantities import QUANTITIES
 from video_pipeline.recipe import ExpertSpec, Recipe, check_type, load_recipe
@@ -71,6 +74,7 @@ class ExpertCase:
     atol: absolute tolerance when float outputs of two runs are compared, on top of two float16
       steps of the value (`RTOL`); batching may change the summation order inside a network.
     label_mismatch: fraction of uint8 values allowed to differ between runs (0: identical).
+    invalid_params: (parameter name, bad value) pairs, each of which the expert must refuse.
     """
 
     type: str
@@ -80,6 +84,7 @@ class ExpertCase:
     frames_shape: tuple[int, int, int] = (4, 48, 64)
     atol: float = 1e-3
     label_mismatch: float = 0.0
+    invalid_params: tuple[tuple[str, Any], ...] = ()
 
     def recipe(self) -> dict:
         """The recipe (as a dict) computing the dependencies and the expert under test on CPU."""
@@ -283,7 +288,8 @@ class ExpertTests:
     """Subclass and set `expert_type` (and what it needs); pytest runs every `test_*` check.
 
     Class attributes: `expert_type`, `params`, `weights`, `deps` (name -> recipe snippet),
-    `frames_shape` (N, H, W), `atol`, `label_mismatch` (see `ExpertCase`). A subclass may instead
+    `frames_shape` (N, H, W), `atol`, `label_mismatch`, `invalid_params` (see `ExpertCase`). A
+    subclass may instead
     override the `case` fixture (e.g. parametrized over many experts, as the built-ins' tests do).
     """
 
@@ -294,6 +300,7 @@ class ExpertTests:
     frames_shape: ClassVar[tuple[int, int, int]] = (4, 48, 64)
     atol: ClassVar[float] = 1e-3
     label_mismatch: ClassVar[float] = 0.0
+    invalid_params: ClassVar[tuple[tuple[str, Any], ...]] = ()
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -301,7 +308,7 @@ class ExpertTests:
         if not cls.expert_type:
             raise AssertionError(f"{cls.__name__}: set expert_type = 'family/name'")
         return ExpertCase(cls.expert_type, cls.params, cls.weights, cls.deps, cls.frames_shape,
-                          cls.atol, cls.label_mismatch)
+                          cls.atol, cls.label_mismatch, tuple(cls.invalid_params))
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -324,6 +331,19 @@ class ExpertTests:
 
     def test_parameters_are_declared(self, case: ExpertCase):
         check_parameters(registry.get_expert(case.type))
+
+    def test_invalid_parameters_are_refused(self, case: ExpertCase, tmp_path: Path):
+        if not case.invalid_params:
+            pytest.skip("no invalid_params given for this expert")
+        for i, (name, value) in enumerate(case.invalid_params):
+            bad = replace(case, params={**case.params, name: value})
+            folder = tmp_path / str(i)
+            folder.mkdir()
+            with pytest.raises(RecipeError) as err:
+                bad.write_recipe(folder)  # the loader builds and validates the expert
+            message = str(err.value)
+            assert "\n" not in message, f"{name}={value!r}: the refusal is not one line: {message}"
+            assert name in message, f"{name}={value!r} is refused without naming '{name}': {message}"
 
     def test_output_spec(self, prepared: Prepared):
         check_output_spec(prepared.spec.output)

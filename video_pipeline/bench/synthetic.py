@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from video_pipeline.export import DRONESCAPES_CLASSES, DRONESCAPES_PALETTE
+from video_pipeline.dronescapes import DRONESCAPES_CLASSES, DRONESCAPES_PALETTE
 from video_pipeline.imageops import resize
 from video_pipeline.store import ArraySpec, VideoStore
 
