@@ -75,7 +75,7 @@ def test_missing_local_path_names_expert_path_and_base_dir(tmp_path):
         weights.resolve("missing/model.ckpt", expert="semantic", base_dir=tmp_path)
     message = one_line(err)
     assert "expert 'semantic'" in message and str(tmp_path / "missing" / "model.ckpt") in message
-    assert f"relative paths are taken from {tmp_path}" in message
+    assert f"'missing/model.ckpt' is relative to the recipe folder {tmp_path}" in message
 
 
 # ----------------------------------------------------------------------------------------- URLs
@@ -248,3 +248,22 @@ def test_load_checkpoint_needs_a_torch_dict(tmp_path, content):
     with pytest.raises(WeightsError) as err:
         weights.load_checkpoint(path)
     assert str(path) in one_line(err)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_missing_weights_in_a_run_leave_no_store_and_name_the_recipe_line(tmp_path, clip, workers, capsys):
+    from video_pipeline import cli
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("experts:\n  rgb: {type: color/rgb}\n"
+                      "  semantic: {type: semantic/phgmae-distil, weights: ../missing/distil.ckpt}\n")
+    out = tmp_path / "out" / "clip.zarr"
+    assert cli.main(["run", str(recipe), str(clip), "-o", str(out), "--workers", workers, "-q"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert f"{recipe}:3: expert 'semantic': weights {tmp_path.parent / 'missing' / 'distil.ckpt'} not found" in err
+    assert f"'../missing/distil.ckpt' is relative to the recipe folder {tmp_path}" in err
+    assert not out.exists()  # no empty store left behind
+    out.mkdir(parents=True)  # a folder that existed before is never removed
+    assert cli.main(["run", str(recipe), str(clip), "-o", str(out), "-q"]) != 0
+    assert out.is_dir()

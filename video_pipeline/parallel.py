@@ -36,9 +36,9 @@ import zarr
 from video_pipeline import errors, registry
 from video_pipeline.errors import DecodeError, RecipeError, VreError, WeightsError
 from video_pipeline.recipe import Recipe, load_recipe
-from video_pipeline.runner import (Prepared, RunOptions, RunStats, StoreLock, Unit, _execute, few_malloc_arenas,
-                                   _progress_bar, load_experts, open_video, prepare,
-                                   resolve_weights)
+from video_pipeline.runner import (Prepared, RunOptions, RunStats, StoreLock, Unit, _execute,
+                                   discarded_on_error, few_malloc_arenas, _progress_bar, load_experts,
+                                   open_video, prepare, resolve_weights)
 from video_pipeline.store import VideoStore
 from video_pipeline.video import FrameIndex, Video, parse_frames
 
@@ -324,11 +324,13 @@ def run_parallel(recipe: Recipe, args) -> int:
         with contextlib.ExitStack() as held:
             run = _Run(recipe, [], [], [], options)
             for (path, out), video in zip(pairs, videos):
+                fresh = not Path(out).exists()
                 held.enter_context(StoreLock(out))
                 frames = None
                 if args.frames or args.stride != 1:
                     frames = parse_frames(args.frames, args.stride, video.n_frames)
-                prepared = prepare(recipe, video, out, replace(options, frames=frames))
+                with discarded_on_error(Path(out), fresh):
+                    prepared = prepare(recipe, video, out, replace(options, frames=frames))
                 run.targets.append(Target(str(path), str(out), tuple(prepared.size)))
                 run.prepared.append(prepared)
                 run.stats.append(RunStats())

@@ -254,8 +254,8 @@ def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: P
 
         try:
             weights_path = resolve(weights, expert=name, base_dir=path.parent).path
-        except WeightsError as err:
-            return spec_with(None, str(err))
+        except WeightsError as err:  # only an error once a run needs this expert (see runner.prepare)
+            return spec_with(None, f"{path}:{spec.line_of('weights') or line}: {err}")
     expert.bind(name, deps, weights, weights_path, dtype)
     try:
         output = expert.output(dep_specs)

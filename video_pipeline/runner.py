@@ -14,12 +14,14 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import shutil
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,7 +143,10 @@ def resolve_weights(recipe: Recipe, names: list[str]) -> dict:
             continue
         from video_pipeline import weights as weights_mod
 
-        out[name] = weights_mod.resolve(spec.weights, expert=name, base_dir=recipe.path.parent)
+        try:
+            out[name] = weights_mod.resolve(spec.weights, expert=name, base_dir=recipe.path.parent)
+        except WeightsError as err:
+            raise WeightsError(f"{recipe.path}:{spec.line}: {err}") from None
     return out
 
 
@@ -350,6 +355,18 @@ class StoreLock:
         os.close(self.fd)
 
 
+@contextmanager
+def discarded_on_error(path: Path, fresh: bool):
+    """Remove store folder `path` if `fresh` (this run made it) and the block fails: a run refused
+    before its first frame (missing weights, a bad --only) leaves no empty store behind."""
+    try:
+        yield
+    except BaseException:
+        if fresh:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 def few_malloc_arenas(arenas: int = 2) -> None:
     """Cap glibc's malloc arenas for this process, unless MALLOC_ARENA_MAX says otherwise.
 
@@ -498,8 +515,10 @@ def run(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOpt
     t_start = time.perf_counter()
     stats = RunStats()
     video = open_video(video_path, Path(out))  # a bad video fails before any store is created
+    fresh = not Path(out).exists()
     with StoreLock(Path(out)):
-        prepared = prepare(recipe, video, out, options)
+        with discarded_on_error(Path(out), fresh):
+            prepared = prepare(recipe, video, out, options)
         if prepared.units:
             execute(recipe, prepared, prepared.units, options, stats)
     stats.wall = time.perf_counter() - t_start

@@ -75,9 +75,10 @@ def resolve(spec: str, *, expert: str, sha256: str | None = None,
         return _resolve_local(path.resolve(), expert, sha256)
     if _HF_ID.match(spec) and not spec.lower().endswith(WEIGHT_SUFFIXES):
         return _resolve_hf(spec, expert, sha256)
-    relative = base_dir is not None and not Path(spec).expanduser().is_absolute()
-    where = f" (relative paths are taken from {base_dir})" if relative else ""
-    raise WeightsError(f"expert '{expert}': weights '{path}' not found{where}; "
+    relative = not Path(spec).expanduser().is_absolute()
+    where = (f" ('{spec}' is relative to {'the recipe folder ' if base_dir else ''}"
+             f"{os.path.abspath(base_dir or Path.cwd())})") if relative else ""
+    raise WeightsError(f"expert '{expert}': weights {os.path.abspath(path)} not found{where}; "
                        f"fix weights: in the recipe (a file, a folder, a URL or a Hugging Face id)")
 
 
