@@ -12,7 +12,7 @@ from conftest import vre
 from video_pipeline.errors import StoreError, VreError
 from video_pipeline.expert import OutputSpec
 from video_pipeline.preview import (MASK_COLOURS, MISSING_GREY, binary_to_rgb, colorize, depth_to_rgb,
-                                    features_to_rgb, flow_to_rgb, flow_wheel, grid, make_preview,
+                                    features_to_rgb, flow_legend, flow_to_rgb, flow_wheel, grid, make_preview,
                                     normals_to_rgb, semantic_to_rgb, tile_size)
 from video_pipeline.store import ArraySpec, VideoStore
 
@@ -27,6 +27,13 @@ def hue(rgb) -> int:
 
 
 # ------------------------------------------------------------------------------------ pure functions
+def test_flow_legend_is_the_wheel_flow_to_rgb_draws():
+    key = flow_legend(65)                                   # centre pixel (32, 32) is no motion
+    assert tuple(key[32, 32]) == (255, 255, 255) and tuple(key[0, 0]) == (32, 32, 32)
+    for (y, x), vector in {(32, 64): (1, 0), (0, 32): (0, -1), (32, 0): (-1, 0), (64, 32): (0, 1)}.items():
+        assert tuple(key[y, x]) == tuple(flow_to_rgb(np.array([[vector]], np.float32), max_magnitude=1)[0, 0])
+
+
 def test_flow_colour_wheel_hue_is_direction_and_saturation_is_magnitude():
     directions = {"right": (1, 0), "down": (0, 1), "left": (-1, 0), "up": (0, -1)}
     flow = np.array([[directions[d] for d in directions]], np.float32) * 4      # [1, 4, 2]
@@ -146,7 +153,7 @@ def test_png_collage_draws_every_modality_by_kind(tmp_path):
     store, data = make_store(tmp_path / "s.zarr")
     out = make_preview(store, tmp_path / "p.png", frames=np.array([1]))
     png = read_png(out)
-    # 6 modalities + the semantic legend = 7 tiles in a 3 x 3 grid of 72x128 tiles
+    # 6 modalities + the semantic and flow legends = 8 tiles in a 3 x 3 grid of 72x128 tiles
     assert png.shape == (3 * H, 3 * W, 3)
     below_label = slice(H // 2, H)
     assert (tile_at(png, 0)[below_label] == data["rgb"][1][below_label]).all()       # rgb as is
@@ -154,14 +161,17 @@ def test_png_collage_draws_every_modality_by_kind(tmp_path):
     assert tuple(semantic[5, 2]) == PALETTE[0] and tuple(semantic[5, W - 3]) == PALETTE[2]
     legend = tile_at(png, 3)
     assert all(np.all(legend == colour, axis=-1).sum() >= 25 for colour in PALETTE)  # a swatch per class
-    assert (tile_at(png, 5)[below_label] == 128).all()                                # normals 0.5
-    edges = tile_at(png, 6)[below_label]
+    wheel = tile_at(png, 5)                                                          # flow's key
+    side = H - 24
+    assert (wheel[H - side - 4:H - 4, (W - side) // 2:(W + side) // 2] == flow_legend(side)).all()
+    assert (tile_at(png, 6)[below_label] == 128).all()                                # normals 0.5
+    edges = tile_at(png, 7)[below_label]
     assert tuple(edges[0, 0]) != tuple(data["rgb"][1][H // 2, 0])                     # overlaid on rgb
     assert tuple(edges[0, 1]) == tuple(data["rgb"][1][H // 2, 1])
     # a frame a modality has not computed is a grey "missing" tile; the layout stays the same
     png4 = read_png(make_preview(store, tmp_path / "p4.png", frames=np.array([4])))
     assert png4.shape == png.shape
-    for missing in (tile_at(png4, 2), tile_at(png4, 6)):
+    for missing in (tile_at(png4, 2), tile_at(png4, 7)):
         assert np.mean(np.all(missing == MISSING_GREY, axis=-1)) > 0.6
     assert (tile_at(png4, 3) == legend).all()
     assert (tile_at(png4, 0)[below_label] == data["rgb"][4][below_label]).all()

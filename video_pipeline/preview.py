@@ -2,7 +2,8 @@
 
 Each modality is drawn by its kind (the array attrs' `kind`) with a pure `colorize` function, shrunk
 to a tile of at most `MAX_TILE` pixels a side, labelled with its name; a frame a modality has not
-computed yet is a grey tile saying "missing". Semantic modalities get a legend tile of class colours.
+computed yet is a grey tile saying "missing". Semantic modalities get a legend tile of class colours,
+flow a tile of its colour wheel.
 """
 from __future__ import annotations
 
@@ -170,6 +171,29 @@ def flow_to_rgb(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndar
     return rgb
 
 
+def flow_legend(size: int) -> np.ndarray:
+    """uint8 RGB [size, size, 3]: the colour wheel `flow_to_rgb` draws, as a key: the colour at
+    offset (dx, dy) from the centre is that of a vector (dx, dy) (image axes: y down), the rim is
+    the frame's largest motion; outside the disc dark grey."""
+    half = (size - 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    flow = np.stack([(xx - half) / half, (yy - half) / half], axis=-1)
+    rgb = flow_to_rgb(flow, max_magnitude=1.0)
+    rgb[np.hypot(flow[..., 0], flow[..., 1]) > 1] = 32
+    return rgb
+
+
+def flow_legend_tile(size: tuple[int, int], title: str) -> np.ndarray:
+    """uint8 [h,w,3]: `flow_legend` centred on a dark tile labelled `title`."""
+    h, w = size
+    tile = np.full((h, w, 3), 32, dtype=np.uint8)
+    side = max(2, min(h - 24, w - 8))
+    y, x = h - side - 4, (w - side) // 2
+    tile[y:y + side, x:x + side] = flow_legend(side)
+    draw_label(tile, title)
+    return tile
+
+
 def features_to_rgb(arr: np.ndarray, value_range: Sequence[float] | None = None) -> np.ndarray:
     """Any map [H,W,C] -> uint8 RGB [H,W,3]: one channel through viridis, or the first three as RGB.
 
@@ -325,6 +349,8 @@ def collage_frames(store: VideoStore, frames: np.ndarray):
     base = base_frame_name(attrs)
     legends = {n: legend_tile(a["classes"], class_palette(a), size, f"{n}: classes")
                for n, a in attrs.items() if a.get("kind") == "semantic" and a.get("classes")}
+    legends.update({n: flow_legend_tile(size, f"{n}: direction, speed")
+                    for n, a in attrs.items() if a.get("kind") == "flow"})
     for start in range(0, len(frames), READ_BLOCK):
         block = frames[start:start + READ_BLOCK]
         data = {n: resize(store.read(n, block), size, attrs[n].get("kind", "features")) for n in names}
