@@ -74,9 +74,34 @@ def cmd_preview(args) -> int:
 
     store = VideoStore.open(args.store)
     frames = parse_frames(args.frames, 1, store.n_frames) if args.frames else None
+    if args.png:
+        from video_pipeline.pngs import write_png_folders
+
+        written = write_png_folders(store, Path(args.png), frames)
+        print(f"{args.png}: " + ", ".join(f"{name}/ {count} PNGs" for name, count in written.items()))
+        if not args.output:
+            return 0
     out = Path(args.output) if args.output else default_output(Path(args.store))
     path = make_preview(store, out, frames=frames)
     print(path)
+    return 0
+
+
+def cmd_view(args) -> int:
+    from video_pipeline.view import ViewServer
+
+    server = ViewServer(args.store, port=args.port)
+    print(f"{args.store}: {server.url}  (Ctrl-C stops)", flush=True)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.close()
     return 0
 
 
@@ -220,7 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", help="FILE.mp4 or FILE.png (default: <store>.preview.mp4 beside "
                    "the store); an existing file is replaced only if it is an earlier preview")
     v.add_argument("--frames", nargs="+", metavar="A..B|I")
+    v.add_argument("--png", metavar="DIR", help="instead of the collage, one PNG per frame of each "
+                   "modality: DIR/<modality>/<frame>.png, legends in DIR/legend/ (with -o: both)")
     v.set_defaults(func=cmd_preview)
+
+    w = sub.add_parser("view", help="a local web page to scrub frames and blend modalities over the rgb")
+    w.add_argument("store")
+    w.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free one; default 8765)")
+    w.add_argument("--open", action="store_true", help="also open the page in the default browser")
+    w.set_defaults(func=cmd_view)
 
     s = sub.add_parser("stats", help="per-channel statistics and class histograms (cached in the store)")
     s.add_argument("store", nargs="+")
