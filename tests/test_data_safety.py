@@ -213,3 +213,55 @@ def test_another_video_at_the_same_path_or_of_the_same_length_is_refused(tmp_pat
     copy.write_bytes(kept)
     code, out, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(copy), "-o", str(store), "-q")
     assert code == 0 and "6 frames" in out, err
+
+
+# ------------------------------------------------------------------------- 5: data is verified
+def test_damaged_shards_are_found_and_recomputed(tmp_path, small_clip, capsys):
+    """A deleted shard, a truncated one, a garbage index, a deleted `_progress/<name>`: the next plain
+    run finds them cheaply and recomputes them. A flipped byte inside a chunk fails its crc32c: every
+    reader refuses in one line, `vre verify` unflags the shard and the run recomputes it."""
+    import zarr
+
+    from reliability import storecheck
+    from video_pipeline.errors import StoreError
+    from video_pipeline.store import FrameReader
+
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    ref, out = tmp_path / "ref.zarr", tmp_path / "s.zarr"
+    for path in (ref, out):
+        assert vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(path), "-q")[0] == 0
+    meta = zarr.open_array(str(out / "rgb"), mode="r").metadata.to_dict()
+    assert meta["codecs"][0]["configuration"]["codecs"][-1] == {"name": "crc32c"}  # every zarr v3 reader knows it
+    shard = lambda name, s: out / name / "c" / str(s) / "0" / "0" / "0"  # noqa: E731
+    shard("rgb", 1).unlink()
+    data = shard("edges", 0).read_bytes()
+    shard("edges", 0).write_bytes(data[: len(data) // 2])
+    data = bytearray(shard("edges", 2).read_bytes())
+    data[-10] ^= 0xFF  # inside the index
+    shard("edges", 2).write_bytes(bytes(data))
+    import shutil
+
+    shutil.rmtree(out / "_progress" / "rgb")
+    code, stdout, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(out), "-q")
+    assert code == 0 and "10 frames" in stdout, (stdout, err)  # 4 + 4 + 2 frames recomputed
+    assert "rgb shard 1 (missing)" in err and "edges shard 0 (index checksum mismatch)" in err and "rgb: flags recreated" in err
+    assert "edges shard 2 (index checksum mismatch)" in err and len(err.strip().splitlines()) == 1
+    storecheck.assert_same_store(out, ref)
+
+    data = bytearray(shard("rgb", 0).read_bytes())
+    data[200] ^= 0xFF  # inside the first chunk's compressed bytes
+    shard("rgb", 0).write_bytes(bytes(data))
+    assert "nothing to do" in vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(out), "-q")[1]
+    with pytest.raises(StoreError, match="shard 0 of 'rgb' is damaged .checksum mismatch.; run `vre verify"):
+        VideoStore.open(out).read("rgb", np.arange(4))
+    with pytest.raises(StoreError, match="shard 0 of 'rgb' is damaged"):
+        FrameReader(out, "rgb").read(0)
+    code, _, err = vre_main(capsys, "export", "dronescapes", str(out), "-o", str(tmp_path / "exp"), "-j", "1")
+    assert code == 2 and "shard 0 of 'rgb' is damaged" in err and len(err.strip().splitlines()) == 1
+    code, _, err = vre_main(capsys, "verify", str(out))
+    assert code == 3 and "rgb shard 0 (checksum mismatch)" in err and len(err.strip().splitlines()) == 1
+    code, stdout, _ = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(out), "-q")
+    assert code == 0 and "4 frames" in stdout
+    storecheck.assert_same_store(out, ref)
+    assert vre_main(capsys, "verify", str(out))[0] == 0
+    np.testing.assert_array_equal(FrameReader(out, "rgb").read(3), zarr.open_array(str(ref / "rgb"))[3])

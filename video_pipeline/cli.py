@@ -104,6 +104,19 @@ def cmd_view(args) -> int:
         server.close()
     return 0
 
+def cmd_verify(args) -> int:
+    from video_pipeline.verify import format_result, verify_store
+
+    code = 0
+    for store in args.store:
+        result = verify_store(Path(store), repair=not args.no_repair)
+        if result["damaged"]:
+            print(f"vre: {format_result(result)}", file=sys.stderr)
+            code = 3
+        else:
+            print(format_result(result))
+    return code
+
 
 def cmd_stats(args) -> int:
     from video_pipeline.dataset import compute_stats, format_stats
@@ -254,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free one; default 8765)")
     w.add_argument("--open", action="store_true", help="also open the page in the default browser")
     w.set_defaults(func=cmd_view)
+
+    ve = sub.add_parser("verify", help="read every stored frame, check its checksum, and unflag damaged "
+                        "shards so the next `vre run` recomputes them")
+    ve.add_argument("store", nargs="+")
+    ve.add_argument("--no-repair", action="store_true", help="only report; leave the flags as they are")
+    ve.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("stats", help="per-channel statistics and class histograms (cached in the store)")
     s.add_argument("store", nargs="+")

@@ -482,6 +482,7 @@ def prepare(recipe: Recipe, video: Video, out: str | Path, options: RunOptions) 
     store.init_meta(merged, sha256_of(merged), info, __version__, recipe.shard_frames, size)
     if store.load_index() is None:
         store.save_index(video.index.to_arrays(), video.index.time_base)
+    check_stored_data(store)
     frames = options.frames if options.frames is not None else np.arange(video.n_frames)
     units = plan(recipe, store, frames, options.only, options.overwrite)
     for name in closure(asked, recipe.deps):
@@ -523,6 +524,25 @@ def run(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOpt
             execute(recipe, prepared, prepared.units, options, stats)
     stats.wall = time.perf_counter() - t_start
     return stats
+
+
+def check_stored_data(store: VideoStore) -> list[str]:
+    """Every run's cheap integrity check of what the flags call done (see `VideoStore.check_shards`):
+    deleted flag arrays are recreated, and the flags of missing, truncated or damaged shards are
+    cleared so this run recomputes them; says so in one line on stderr. Returns the damage found."""
+    found = []
+    for name in store.names:
+        if store.repair_flags(name):
+            found.append(f"{name}: flags recreated")
+        bad = store.check_shards(name)
+        if bad:
+            store.forget_shards(name, [s for s, _ in bad if s >= 0] or range(store.n_shards))
+            found += [f"{name} shard {s} ({why})" for s, why in bad]
+    if found:
+        shown = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
+        print(f"vre: {store.path}: stored data damaged, its frames will be recomputed: {shown}",
+              file=sys.stderr)
+    return found
 
 
 def stale_experts(stored: Mapping[str, dict], new: Mapping[str, dict], asked: set[str]) -> list[str]:

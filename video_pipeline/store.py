@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from numcodecs import blosc
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from video_pipeline.codecs import DEFAULT as DEFAULT_CODEC
 from video_pipeline.codecs import CodecSpec
@@ -67,14 +67,19 @@ def array_codecs(codec: CodecSpec | None = None, kind: str | None = None) -> dic
     already at level 1. Blosc (zstd or lz4) uses byte shuffle, bit shuffle for binary maps (0/1 in
     a byte: bit planes compress to half the size, twice as fast). `jpegxl` is an array -> bytes
     codec (`codecs.JpegXlCodec`), lossless, for uint8 images.
+
+    Every chain ends with zarr v3's standard `crc32c` codec (read by every zarr v3 reader): each
+    stored chunk carries a checksum, so a damaged chunk fails its read instead of decoding to wrong
+    values (`VideoStore.check_shards`, `vre verify`). Keep it the last bytes-to-bytes codec.
     """
     codec = codec or DEFAULT_CODEC
     if codec.name == "jpegxl":
         from video_pipeline.codecs import JpegXlCodec
 
-        return {"serializer": JpegXlCodec(effort=codec.effort), "compressors": ()}
+        return {"serializer": JpegXlCodec(effort=codec.effort), "compressors": (Crc32cCodec(),)}
     shuffle = "bitshuffle" if kind == "binary" else "shuffle"
-    return {"serializer": "auto", "compressors": (BloscCodec(cname=codec.name, clevel=codec.level, shuffle=shuffle),)}
+    return {"serializer": "auto", "compressors": (BloscCodec(cname=codec.name, clevel=codec.level, shuffle=shuffle),
+                                                  Crc32cCodec())}
 
 
 def dimension_names(name: str) -> tuple[str, str, str, str]:
@@ -384,10 +389,99 @@ class VideoStore:
         return self.group[key][:].astype(bool)
 
     def read(self, name: str, indices: np.ndarray) -> np.ndarray:
-        """Read frames `indices` (sorted) of `name`: [K,H,W,C]."""
+        """Read frames `indices` (sorted) of `name`: [K,H,W,C]. A chunk that fails its checksum or
+        does not decode is a StoreError naming the shard."""
         arr = self.group[name]
-        parts = [arr[start:stop] for _, start, stop in contiguous_runs(indices)]
+        parts = []
+        for _, start, stop in contiguous_runs(indices):
+            try:
+                parts.append(arr[start:stop])
+            except Exception as err:  # zarr raises codec errors as ValueError, RuntimeError, ...
+                raise damaged_error(self.path / name, start // self.shard_frames, read_failure(err)) from None
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    # ----------------------------------------------------------------- integrity
+    def flagged_shards(self, name: str) -> np.ndarray:
+        """bool [n_shards]: shards of `name` holding a frame some flag calls done."""
+        flagged = self.done_shards(name).copy()
+        frames = np.flatnonzero(self.done_frames(name))
+        flagged[np.unique(frames // self.shard_frames)] = True
+        return flagged
+
+    def repair_flags(self, name: str) -> bool:
+        """Recreate a deleted `_progress/<name>` from `_frames/<name>` (a shard is done when all its
+        frames are), or a deleted `_frames/<name>` from `_progress/<name>`; both gone: nothing is
+        done. True if something was recreated."""
+        have = {f: f"{f}/{name}" in self.group for f in FLAG_GROUPS}
+        if all(have.values()) or name not in self:
+            return False
+        n, sf = self.n_frames, self.shard_frames
+        frames = self.done_frames(name) if have["_frames"] else np.repeat(self.done_shards(name), sf)[:n]
+        progress = np.array([frames[a:b].all() for a, b in
+                             (shard_bounds(s, sf, n) for s in range(self.n_shards))], dtype=bool)
+        with writing(self.path, f"the flags of '{name}'"):
+            for flags, length, chunk, values in (("_progress", self.n_shards, 1, progress),
+                                                 ("_frames", n, sf, frames)):
+                if not have[flags]:  # data of the recreated flags first, then (for _frames) the plan
+                    arr = self.group.create_array(f"{flags}/{name}", shape=(length,), dtype="uint8",
+                                                  chunks=(chunk,), fill_value=0, compressors=None)
+                    arr[:] = values.astype(np.uint8)
+        return True
+
+    def check_shards(self, name: str, full: bool = False) -> list[tuple[int, str]]:
+        """[(shard, why)] of the shards of `name` that some flag calls done but that are damaged.
+
+        Cheap (full=False): the shard file exists, is long enough for its index, the index passes
+        its checksum and points inside the file, and every flagged frame has a chunk. Full: also
+        every flagged shard is read and decoded (each chunk's crc32c checked where it has one).
+        Arrays not in store.py's layout get only the full check."""
+        arr = self.array(name)
+        try:
+            meta = json.loads((self.path / name / "zarr.json").read_bytes())
+        except (OSError, ValueError) as err:
+            return [(-1, f"its zarr.json is unreadable ({err})")]
+        layout = shard_layout(meta, tuple(arr.shape))
+        done = self.done_frames(name)
+        flagged = self.flagged_shards(name)
+        direct = layout is not None and layout.frames == self.shard_frames
+        bad = []
+        for shard in range(self.n_shards):
+            start, stop = shard_bounds(shard, self.shard_frames, self.n_frames)
+            why = None
+            if direct:  # also unflagged shard files: a damaged one would fail the next write into it
+                path = self.shard_path(name, shard)
+                if flagged[shard] or path.exists():
+                    why = _check_shard_file(path, layout, done[start:stop])
+            if not flagged[shard]:
+                if why and why != "missing":
+                    bad.append((shard, why))
+                continue
+            if why is None and full:
+                try:
+                    arr[start:stop]
+                except Exception as err:
+                    why = read_failure(err)
+            if why:
+                bad.append((shard, why))
+        return bad
+
+    def shard_path(self, name: str, shard: int) -> Path:
+        """The file of shard `shard` of `name` (store.py's layout: shards span whole frames)."""
+        return self.path / name / "c" / str(shard) / "0" / "0" / "0"
+
+    def forget_shards(self, name: str, shards) -> None:
+        """Delete the (damaged) files of `shards` of `name`, then clear their flags, so a run
+        recomputes them (a kill in between leaves flags over a missing file, which the next check
+        finds again)."""
+        shards = [int(s) for s in shards]
+        if not shards:
+            return
+        n, sf = self.n_frames, self.shard_frames
+        idx = np.concatenate([np.arange(*shard_bounds(s, sf, n)) for s in shards])
+        with writing(self.path, f"the flags of '{name}'"):
+            for s in shards:
+                self.shard_path(name, s).unlink(missing_ok=True)
+            self.clear(name, idx)
 
     def reader(self, name: str) -> "FrameReader":
         """A fast reader of single frames of `name` (see FrameReader)."""
@@ -435,29 +529,20 @@ class FrameReader:
         shape = tuple(self.array.shape)
         self.buffer = np.empty(shape[1:], dtype=self.array.dtype)
         self.fill = self.array.fill_value
-        self.shard_frames = self._direct_layout(json.loads((self.root / "zarr.json").read_text()), shape)
+        meta = json.loads((self.root / "zarr.json").read_text())
+        self.shard_frames = self._direct_layout(meta, shape)
+        self.layout = shard_layout(meta, shape)
         self.indexes: dict[tuple, np.ndarray] = {}
 
     @staticmethod
     def _direct_layout(meta: dict, shape: tuple) -> int | None:
-        """Frames per shard if the array has store.py's layout (readable directly), else None."""
-        try:
-            (codec,) = meta["codecs"]
-            conf = codec["configuration"]
-            inner = [c["name"] for c in conf["codecs"]]
-            index = [c["name"] for c in conf["index_codecs"]]
-            endian = {c.get("configuration", {}).get("endian", "little")
-                      for c in conf["codecs"] + conf["index_codecs"] if c["name"] == "bytes"}
-            shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
-            ok = (len(shape) == 4 and codec["name"] == "sharding_indexed" and inner == ["bytes", "blosc"]
-                  and index == ["bytes", "crc32c"] and endian == {"little"}
-                  and conf.get("index_location", "end") == "end"
-                  and list(conf["chunk_shape"]) == [1, *shape[1:]] and list(shard[1:]) == list(shape[1:])
-                  and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
-                  and meta["data_type"] in ("uint8", "float16", "float32") and sys.byteorder == "little")
-        except (KeyError, TypeError, ValueError):
+        """Frames per shard if the array has store.py's layout with Blosc chunks (readable
+        directly), else None."""
+        layout = shard_layout(meta, shape)
+        if layout is None or layout.inner not in (["bytes", "blosc"], ["bytes", "blosc", "crc32c"]) \
+                or meta.get("data_type") not in ("uint8", "float16", "float32"):
             return None
-        return int(shard[0]) if ok else None
+        return layout.frames
 
     def read(self, position: int, fresh: bool = False) -> np.ndarray:
         """Frame at `position` [H,W,C]: a new array if `fresh`, else the reader's buffer (which the
@@ -478,9 +563,9 @@ class FrameReader:
             key = (shard, st.st_size, st.st_mtime_ns)  # a rewritten shard has a new index
             index = self.indexes.get(key)
             if index is None:
-                nbytes = self.shard_frames * 16
-                raw = os.pread(fd, nbytes, st.st_size - nbytes - 4)
-                index = np.frombuffer(raw, dtype="<u8").reshape(self.shard_frames, 2)
+                index, why = read_shard_index(fd, st.st_size, self.layout)
+                if why:
+                    raise damaged_error(self.root, shard, why)
                 if len(self.indexes) > 64:
                     self.indexes.clear()
                 self.indexes[key] = index
@@ -491,8 +576,122 @@ class FrameReader:
             chunk = os.pread(fd, size, offset)
         finally:
             os.close(fd)
-        blosc.decompress(chunk, out)
+        if self.layout.chunk_crc:
+            chunk, why = split_crc(chunk)
+            if why:
+                raise damaged_error(self.root, shard, f"frame {position}: {why}")
+        try:
+            blosc.decompress(chunk, out)
+        except Exception as err:  # a chunk without checksum that no longer decodes
+            raise damaged_error(self.root, shard, f"frame {position} does not decode ({err})") from None
         return out
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Where the chunks of one shard of an array in store.py's layout are.
+
+    frames: frames (chunks) per shard; inner: codec names of each chunk; chunk_crc: chunks end
+    with a crc32c; index_bytes: size of the shard index at the end of the file (16 bytes per chunk,
+    plus 4 for its crc32c when index_crc)."""
+
+    frames: int
+    inner: list
+    chunk_crc: bool
+    index_crc: bool
+
+    @property
+    def index_bytes(self) -> int:
+        return self.frames * 16 + (4 if self.index_crc else 0)
+
+
+def shard_layout(meta: dict, shape: tuple) -> ShardLayout | None:
+    """The layout of an array from its zarr.json `meta` and `shape`, if it is store.py's: 4-D,
+    sharded, one chunk per frame, shards spanning whole frames, index little-endian at the end,
+    '/'-separated chunk keys; else None (read such arrays through zarr)."""
+    try:
+        (codec,) = meta["codecs"]
+        conf = codec["configuration"]
+        inner = [c["name"] for c in conf["codecs"]]
+        index = [c["name"] for c in conf["index_codecs"]]
+        endian = {(c.get("configuration") or {}).get("endian", "little")
+                  for c in conf["codecs"] + conf["index_codecs"] if c["name"] == "bytes"}
+        shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        ok = (len(shape) == 4 and codec["name"] == "sharding_indexed"
+              and index in (["bytes"], ["bytes", "crc32c"]) and endian <= {"little"}
+              and conf.get("index_location", "end") == "end"
+              and list(conf["chunk_shape"]) == [1, *shape[1:]] and list(shard[1:]) == list(shape[1:])
+              and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
+              and sys.byteorder == "little")
+        if not ok:
+            return None
+        return ShardLayout(int(shard[0]), inner, bool(inner) and inner[-1] == "crc32c", index[-1] == "crc32c")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def split_crc(data: bytes) -> tuple[bytes, str | None]:
+    """(payload, None) if `data` ends with the crc32c of the rest, else (b"", why)."""
+    import google_crc32c
+
+    if len(data) < 4:
+        return b"", "shorter than its checksum"
+    payload = data[:-4]
+    if google_crc32c.value(payload) != int.from_bytes(data[-4:], "little"):
+        return b"", "checksum mismatch"
+    return payload, None
+
+
+def read_shard_index(fd: int, file_size: int, layout: ShardLayout) -> tuple[np.ndarray | None, str | None]:
+    """(index uint64 [frames, 2] of (offset, size), None) of the open shard file `fd`, or
+    (None, why) when the file is too short, the index fails its checksum or points past the data."""
+    if file_size < layout.index_bytes:
+        return None, f"truncated ({file_size} bytes, its index alone takes {layout.index_bytes})"
+    raw = os.pread(fd, layout.index_bytes, file_size - layout.index_bytes)
+    if layout.index_crc:
+        raw, why = split_crc(raw)
+        if why:
+            return None, f"index {why}"
+    index = np.frombuffer(raw, dtype="<u8").reshape(layout.frames, 2)
+    used = index[:, 0] != _EMPTY
+    if np.any(index[used, 0] + index[used, 1] > file_size - layout.index_bytes):
+        return None, "truncated (its index points past the data)"
+    return index, None
+
+
+def _check_shard_file(path: Path, layout: ShardLayout, done: np.ndarray) -> str | None:
+    """Why the shard file at `path` cannot hold the frames `done` (bool [frames] of the shard)
+    flags call done, or None. Reads only its size and index."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    try:
+        index, why = read_shard_index(fd, os.fstat(fd).st_size, layout)
+    finally:
+        os.close(fd)
+    if why:
+        return why
+    absent = np.flatnonzero(done & (index[: len(done), 0] == _EMPTY))
+    if len(absent):
+        return f"{len(absent)} frame(s) flagged done have no data"
+    return None
+
+
+def read_failure(err: Exception) -> str:
+    """A short reason for a chunk that zarr could not read (checksum or decoder error)."""
+    text = str(err)
+    if "checksum" in text.lower():
+        return "checksum mismatch"
+    return f"does not decode ({type(err).__name__}: {text[:100]})"
+
+
+def damaged_error(root: Path, shard: int, why: str) -> StoreError:
+    store, name = root.parent, root.name
+    return StoreError(f"{store}: shard {shard} of '{name}' is damaged ({why}); run `vre verify {store}`, "
+                      f"then rerun `vre run` on it to recompute that shard")
 
 
 def dir_size(path: Path) -> int:
