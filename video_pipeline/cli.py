@@ -138,11 +138,21 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from video_pipeline.export import import_dronescapes
+    from video_pipeline.importer import ignored_line, import_dronescapes, import_vre, parse_class_options
 
-    summary = import_dronescapes(Path(args.directory), Path(args.output))
+    classes = parse_class_options(args.classes)
+    if args.format == "vre":
+        summary = import_vre(Path(args.directory), Path(args.output), Path(args.config) if args.config else None,
+                             classes)
+    else:
+        summary = import_dronescapes(Path(args.directory), Path(args.output), classes)
     print(json.dumps(summary))
-    return 0 if not summary.get("skipped") else 3
+    if summary["ignored"]:
+        print(ignored_line(summary["ignored"]), file=sys.stderr)
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} files that could not be used (listed under \"skipped\"), "
+              f"first: {summary['skipped'][0]['path']}: {summary['skipped'][0]['why']}", file=sys.stderr)
+    return 0 if not summary["skipped"] else 3
 
 
 def print_example_or_need_config(args) -> bool:
@@ -293,9 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("import", help="import a dataset layout into stores")
     ms = m.add_subparsers(dest="format", required=True)
     md = ms.add_parser("dronescapes", help="a directory in the Dronescapes layout -> one store per video")
-    md.add_argument("directory")
-    md.add_argument("-o", "--output", required=True)
-    md.set_defaults(func=cmd_import)
+    md.add_argument("directory", help="the folder holding the split folders (train_set, test_set, ...)")
+    md.add_argument("-o", "--output", required=True, help="folder for the stores, one <video>.zarr each")
+    mv = ms.add_parser("vre", help="an output folder of video-representations-extractor -> one store")
+    mv.add_argument("directory", help="the folder given to `vre VIDEO -o DIR`")
+    mv.add_argument("-o", "--output", required=True, help="the store to write (STORE.zarr)")
+    mv.add_argument("--config", help="the VRE config YAML of the run: types, parameters, dependencies")
+    for parser in (md, mv):
+        parser.add_argument("--classes", nargs="+", metavar="MODALITY=SET",
+                            help="class set of a class-map folder: dronescapes (8), mapillary (65), coco (133)")
+        parser.set_defaults(func=cmd_import)
 
     t = sub.add_parser("train", help="train a PHG-MAE model (config YAML)")
     t.add_argument("config", nargs="?", help="training config YAML (docs/training.md)")

@@ -16,6 +16,8 @@ Layout (design contract):
                                     _index/counted, _index/truncated (bool [1], see video.FrameIndex)
       _index/frame_number       int64 [T], only in imported sparse stores: the original frame
                                 number of each position (see `VideoStore.frame_numbers`)
+      _npz/<name>               int64 [T, S, 9], imported stores only: the zip facts of each frame's
+                                file in each of S split folders (see npzfile.ZipFacts; -1: none)
 
 Durability order for a shard: data written (zarr writes each object to a temporary file and renames
 it), then its `_progress` flag (if the shard is complete), then its `_frames` entries, which runs
@@ -51,7 +53,7 @@ from video_pipeline.errors import StoreError
 
 SCHEMA_VERSION = 1
 META_KEY = "video_pipeline"
-PRIVATE_GROUPS = ("_progress", "_frames", "_index")
+PRIVATE_GROUPS = ("_progress", "_frames", "_index", "_npz")
 # zarr's LocalStore writes each object to `<key without suffix>.<uuid4 hex>.partial`, then renames it
 TEMP_FILE = re.compile(r"\.[0-9a-f]{32}\.partial$")
 FLAG_GROUPS = ("_progress", "_frames")  # one flag array per modality in each
@@ -271,6 +273,18 @@ class VideoStore:
         """Store the original frame number of each position, int64 [T] (imported sparse stores)."""
         with writing(self.path, "the frame numbers"):
             self.group.create_array(FRAME_NUMBER, data=np.asarray(numbers, np.int64), overwrite=True)
+    # ----------------------------------------------------------------- imported files
+    def set_file_facts(self, name: str, table: np.ndarray) -> None:
+        """Keep the zip facts of the files an import read for `name`: int64 [T, S, 9] (position,
+        split folder in `meta["imported_from"]["split_folders"]` order, `ZipFacts.pack()`; -1 where
+        none), so an export rewrites those files byte for byte."""
+        with writing(self.path, f"the file facts of '{name}'"):
+            self.group.create_array(f"_npz/{name}", data=np.asarray(table, np.int64), overwrite=True)
+
+    def file_facts(self, name: str) -> np.ndarray | None:
+        """The table `set_file_facts` kept for `name`, or None."""
+        key = f"_npz/{name}"
+        return self.group[key][...] if key in self.group else None
 
     # ----------------------------------------------------------------- arrays
     def ensure_array(self, spec: ArraySpec, height: int, width: int) -> zarr.Array:
