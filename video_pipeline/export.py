@@ -31,6 +31,7 @@ import numpy as np
 
 from video_pipeline.errors import RecipeError, StoreError, VreError
 from video_pipeline.npzfile import NEW_FILE, FileFormat, ZipFacts, file_format, npz_bytes
+from video_pipeline.quantities import METRIC_DEPTH, QUANTITIES
 from video_pipeline.store import VideoStore, shard_groups, store_name
 from video_pipeline.yamlio import LineDict, load_yaml
 
@@ -38,13 +39,6 @@ ALL = "all"  # the split every frame goes to without a split file
 VOLATILE_ATTRS = ("statistics", "skipped", "revision")  # array attrs that are not a description
 SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")  # \Z: "$" would let a final newline in
 RANGE_RE = re.compile(r"^(\d*)\.\.(\d*)$")
-# what the numbers of a depth-like modality mean (array attrs "quantity"), for its description
-QUANTITY_MEANING = {
-    "metric_depth": ("distance along the optical axis; larger is farther", "m"),
-    "relative_depth": ("depth up to an unknown scale (and shift); larger is farther", None),
-    "inverse_depth": ("relative inverse depth (disparity); larger is nearer", None),
-}
-
 
 # ---------------------------------------------------------------------------------------- split files
 def load_splits(path: Path) -> dict[str, dict[str, list]]:
@@ -149,8 +143,8 @@ def description(attrs: Mapping, name: str, fmt: FileFormat) -> dict:
     desc["file"] = fmt.to_attrs()
     if attrs.get("kind") == "depth":
         quantity = attrs.get("quantity")
-        meaning, units = QUANTITY_MEANING.get(quantity, ("not recorded by what made it", None))
-        desc.update(quantity=quantity, quantity_meaning=meaning, units=units)
+        desc.update(quantity=quantity, quantity_meaning=QUANTITIES.get(quantity, "not recorded by what made it"),
+                    units="m" if quantity == METRIC_DEPTH else None)
     return desc
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from video_pipeline import __version__
 from video_pipeline.errors import StoreError, VreError
 from video_pipeline.npzfile import FileFormat, ZipFacts, read_array, zip_facts
+from video_pipeline.quantities import INVERSE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH
 from video_pipeline.recipe import NAME_RE, RESERVED_NAMES, sha256_of
 from video_pipeline.store import ArraySpec, VideoStore, shard_groups
 
@@ -52,8 +53,9 @@ DRONESCAPES_PALETTE = [[0, 255, 0], [0, 127, 0], [255, 255, 0], [255, 255, 255],
                        [255, 0, 0], [0, 0, 255], [0, 255, 255], [127, 127, 63]]
 CLASS_SETS = ("dronescapes", "mapillary", "coco")  # --classes NAME=SET
 # depth quantities (the vocabulary of array attrs "quantity") named by folder names and VRE types
-QUANTITY_BY_NAME = (("disparity", "inverse_depth"), ("inverse", "inverse_depth"), ("sfm", "metric_depth"),
-                    ("marigold", "relative_depth"), ("dpt", "relative_depth"))
+QUANTITY_BY_NAME = (("disparity", INVERSE_DEPTH), ("inverse", INVERSE_DEPTH), ("sfm", METRIC_DEPTH),
+                    ("marigold", RELATIVE_DEPTH), ("dpt", RELATIVE_DEPTH))
+DESCRIPTION_ONLY = ("name", "file", "dtype", "channels", "quantity_meaning", "units")  # not taken as attrs
 VRE_KINDS = {"color": "image", "edges": "features", "depth": "depth", "normals": "normals",
              "semantic-segmentation": "semantic", "optical-flow": "flow", "soft-segmentation": "features",
              "descriptor": "features"}
@@ -239,7 +241,7 @@ def plan_modality(mod: Modality, classes: Mapping[str, str], report: Report, whe
     mod.shape = (sample.shape[0], sample.shape[1], channels)
     attrs = {"type": None, "params": {}, "deps": [], "weights": None, "classes": [], "palette": [],
              "value_range": None}
-    attrs.update({k: v for k, v in hints.items() if k not in ("name", "file", "dtype", "channels")})
+    attrs.update({k: v for k, v in hints.items() if k not in DESCRIPTION_ONLY})
     attrs.update(kind=kind, channels=channels, dtype=mod.dtype, file=mod.fmt.to_attrs())
     attrs.setdefault("source", where)
     if kind == "depth" and not attrs.get("quantity") and quantity_of_name(mod.name):
@@ -710,7 +712,7 @@ def _vre_hints(spec: Mapping | None) -> dict:
         if not params.get("disk_data_argmax", vre_type.endswith("safeuav")):
             hints["kind"] = "features"  # per-class scores [H,W,K], not a class map
     if kind == "depth":
-        hints["quantity"] = "relative_depth"  # VRE's depth/dpt and depth/marigold write relative depth in [0, 1]
+        hints["quantity"] = RELATIVE_DEPTH  # VRE's depth/dpt and depth/marigold write relative depth in [0, 1]
     if vre_type.startswith("edges/") or vre_type == "color/hsv":
         hints["value_range"] = [0, 1]
     return hints
