@@ -37,13 +37,14 @@ def savez(path: Path, arr: np.ndarray, compressed: bool, when=(2023, 4, 5, 6, 7,
 
 
 def public_frame(video: str, frame: int) -> dict[str, tuple[np.ndarray, bool]]:
-    """Every modality of one frame of the public tree: name -> (array, written compressed)."""
+    """Every modality of one frame of the public tree: name -> (array, written compressed); the
+    second video has only three modalities (the public folders differ in what they hold per scene)."""
     rng = np.random.default_rng([len(video), frame])
     mapillary = rng.integers(0, 65, (H, W), dtype=np.uint8)
     mapillary[0, 0] = 64
     coco = rng.integers(0, 133, (H, W)).astype(np.uint16)
     coco[0, 0] = 132
-    return {
+    frame_files = {
         "rgb": (rng.integers(0, 256, (H, W, 3), dtype=np.uint8), False),
         "depth_marigold": (rng.random((H, W, 1)).astype(np.float16), False),
         "depth_sfm_manual202204": ((rng.random((H, W)) * 300).astype(np.float32), True),
@@ -53,6 +54,9 @@ def public_frame(video: str, frame: int) -> dict[str, tuple[np.ndarray, bool]]:
         COCO: (coco, True),
         "buildings": (rng.random((H, W)) > 0.7, True),
     }
+    if video == COMANA:
+        return {k: frame_files[k] for k in ("rgb", "semantic_segprop8", "buildings")}
+    return frame_files
 
 
 def public_tree(root: Path) -> dict[str, bytes]:

@@ -175,10 +175,11 @@ def export_dronescapes(stores: list[Path], out_dir: Path, splits: Path | None, n
         if video in seen:
             raise VreError(f"{store.path} and {seen[video]} are both video '{video}'; export them separately")
         seen[video] = store.path
-        names = modalities or store.names
+        available = store.names
+        names = modalities or available
         for name in names:
-            if name not in store.names:
-                raise StoreError(f"{store.path}: has no modality '{name}' (it has: {', '.join(store.names)}); "
+            if name not in available:
+                raise StoreError(f"{store.path}: has no modality '{name}' (it has: {', '.join(available)}); "
                                  f"drop it from --modalities")
         numbers = store.frame_numbers()
         folders = None if split_spec else recorded_folders(store)

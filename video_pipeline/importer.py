@@ -241,9 +241,10 @@ def plan_modality(mod: Modality, classes: Mapping[str, str], report: Report, whe
     mod.shape = (sample.shape[0], sample.shape[1], channels)
     attrs = {"type": None, "params": {}, "deps": [], "weights": None, "classes": [], "palette": [],
              "value_range": None}
-    attrs.update({k: v for k, v in hints.items() if k not in DESCRIPTION_ONLY})
+    attrs.update({k: v for k, v in hints.items() if k not in DESCRIPTION_ONLY and (k, v) != ("quantity", None)})
     attrs.update(kind=kind, channels=channels, dtype=mod.dtype, file=mod.fmt.to_attrs())
-    attrs.setdefault("source", where)
+    if not hints:  # an exported description says everything already
+        attrs["source"] = where
     if kind == "depth" and not attrs.get("quantity") and quantity_of_name(mod.name):
         attrs["quantity"] = quantity_of_name(mod.name)
     if kind == "semantic" and channels == 1:
@@ -423,6 +424,9 @@ def _subfolder(path: Path, video: Video, split: str, name: str) -> str:
 
 def run_import(videos: list[Video], classes: Mapping[str, str], report: Report, t0: float) -> dict:
     """Plan every video (refusing before anything is written), then write them; the summary."""
+    unknown = set(classes) - {n for v in videos for n in v.modalities}
+    if unknown:
+        raise VreError(f"--classes names {', '.join(sorted(unknown))}, not a modality of this import")
     for video in videos:
         for name in list(video.modalities):
             if not plan_modality(video.modalities[name], classes, report, video.imported_from["format"]
@@ -430,9 +434,6 @@ def run_import(videos: list[Video], classes: Mapping[str, str], report: Report, 
                 del video.modalities[name]
         if video.modalities:
             check_resolutions(video)
-    unknown = set(classes) - {n for v in videos for n in v.modalities}
-    if unknown:
-        raise VreError(f"--classes names {', '.join(sorted(unknown))}, not a modality of this import")
     stores = {v.name: write_video(v, report) for v in videos if v.modalities}
     return {"stores": stores, "ignored": report.ignored, "skipped": report.skipped,
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -16,8 +16,9 @@ Layout (design contract):
                                     _index/counted, _index/truncated (bool [1], see video.FrameIndex)
       _index/frame_number       int64 [T], only in imported sparse stores: the original frame
                                 number of each position (see `VideoStore.frame_numbers`)
-      _npz/<name>               int64 [T, S, 9], imported stores only: the zip facts of each frame's
-                                file in each of S split folders (see npzfile.ZipFacts; -1: none)
+      _npz/<name>               int64 [T, S, 10], imported stores only: the zip facts of each frame's
+                                file in each of S split folders and its subfolder (see
+                                importer.FACTS_WIDTH; -1: none)
 
 Durability order for a shard: data written (zarr writes each object to a temporary file and renames
 it), then its `_progress` flag (if the shard is complete), then its `_frames` entries, which runs
@@ -275,9 +276,10 @@ class VideoStore:
             self.group.create_array(FRAME_NUMBER, data=np.asarray(numbers, np.int64), overwrite=True)
     # ----------------------------------------------------------------- imported files
     def set_file_facts(self, name: str, table: np.ndarray) -> None:
-        """Keep the zip facts of the files an import read for `name`: int64 [T, S, 9] (position,
+        """Keep the zip facts of the files an import read for `name`: int64 [T, S, 10] (position,
         split folder in `meta["imported_from"]["split_folders"]` order, `ZipFacts.pack()`; -1 where
-        none), so an export rewrites those files byte for byte."""
+        none; the last column: the subfolder, see importer.FACTS_WIDTH), so an export rewrites
+        those files byte for byte."""
         with writing(self.path, f"the file facts of '{name}'"):
             self.group.create_array(f"_npz/{name}", data=np.asarray(table, np.int64), overwrite=True)
 
