@@ -304,15 +304,24 @@ def test_import_of_a_hostile_dataset_writes_only_inside_the_target(tmp_path, cap
     assert main(["import", "dronescapes", str(src), "-o", str(out)]) == 3  # 3: some files were skipped
     summary = json.loads(capsys.readouterr().out)
     assert snapshot(tmp_path, out) == before  # nothing written outside `out`
-    assert sorted(p.name for p in out.iterdir()) == ["...zarr", "v.zarr"]
+    assert sorted(p.name for p in out.iterdir()) == ["v.zarr"]  # the video named "..": a hidden file, ignored
     skipped = {Path(s["path"]).name for s in summary["skipped"]}
-    assert {"zarr.json", "_progress", "_frames", "_index", "__x", "v_3.npz", "v_4.npz", "depth.json",
-            "normals.json"} <= skipped
+    assert {"v_3.npz", "v_4.npz", "train_set.txt"} <= skipped  # a pickle, a link out of the tree, bad lines
+    assert {f"train_set/{name}/" for name in ("zarr.json", "_progress", "_frames", "_index", "__x")} <= \
+        set(summary["ignored"])  # not modality names: named, never written
+    # descriptions cannot set a dtype or a channel count: those come from the files themselves
+    assert group_dtypes(out / "v.zarr") == {"c": "uint8", "depth": "float32", "normals": "float32", "rgb": "uint8",
+                                            "x.partial": "uint8"}
     group = zarr.open_group(str(out / "v.zarr"), mode="r")
-    assert sorted(group.array_keys()) == ["c", "rgb", "x.partial"]
-    assert sorted(group["_progress"].array_keys()) == ["c", "rgb", "x.partial"]
-    assert group["rgb"].shape == (3, 8, 12, 3) and group["_index/frame_number"][:].tolist() == [1, 3, 4]
+    assert sorted(group["_progress"].array_keys()) == ["c", "depth", "normals", "rgb", "x.partial"]
+    assert "train_set/rgb/.._2.npz" in summary["ignored"]
+    assert group["rgb"].shape == (2, 8, 12, 3) and group["_index/frame_number"][:].tolist() == [1, 3]
     record("security", "import of a hostile dataset", "written only inside the target", cases=len(skipped))
+
+
+def group_dtypes(path: Path) -> dict[str, str]:
+    group = zarr.open_group(str(path), mode="r")
+    return {name: str(group[name].dtype) for name in sorted(group.array_keys())}
 
 
 # ---------------------------------------------------------------------------------------- downloads
