@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from video_pipeline import __version__
+from video_pipeline.dronescapes import DRONESCAPES_CLASSES, DRONESCAPES_PALETTE
 from video_pipeline.errors import StoreError, VreError
 from video_pipeline.npzfile import FileFormat, ZipFacts, read_array, zip_facts
 from video_pipeline.quantities import INVERSE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH
@@ -48,9 +49,6 @@ MAX_CHANNELS = 4096
 SHARD_FRAMES = 32
 FACTS_WIDTH = ZipFacts.WIDTH + 1  # a file's zip facts, then the index of its subfolder (-1: none)
 
-DRONESCAPES_CLASSES = ["land", "forest", "residential", "road", "little-objects", "water", "sky", "hill"]
-DRONESCAPES_PALETTE = [[0, 255, 0], [0, 127, 0], [255, 255, 0], [255, 255, 255],
-                       [255, 0, 0], [0, 0, 255], [0, 255, 255], [127, 127, 63]]
 CLASS_SETS = ("dronescapes", "mapillary", "coco")  # --classes NAME=SET
 # depth quantities (the vocabulary of array attrs "quantity") named by folder names and VRE types
 QUANTITY_BY_NAME = (("disparity", INVERSE_DEPTH), ("inverse", INVERSE_DEPTH), ("sfm", METRIC_DEPTH),

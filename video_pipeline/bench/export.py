@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from video_pipeline.bench.synthetic import make_bench_store
-from video_pipeline.export import ALL, export_dronescapes, file_array
+from video_pipeline.export import ALL, export_dronescapes
+from video_pipeline.npzfile import file_format
 from video_pipeline.store import VideoStore
 
 
 def bench(frames: int, size: tuple[int, int], jobs: Sequence[int]) -> dict:
     """Seconds to write `frames` frames x 5 modalities (rgb, depth, normals, semantic, a binary
-    map) as Dronescapes files: a plain numpy loop (one zarr read and one np.savez or
-    np.savez_compressed per file) against `export_dronescapes` with each of `jobs` workers."""
+    map) as Dronescapes files: a plain numpy loop (one zarr read and one np.savez_compressed per
+    file, as export now deflates every file) against `export_dronescapes` with each of `jobs` workers."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         store_path = make_bench_store(root / "bench.zarr", frames, size, binary=True)
@@ -29,9 +30,9 @@ def bench(frames: int, size: tuple[int, int], jobs: Sequence[int]) -> dict:
             arr, attrs = store.array(name), dict(store.array(name).attrs)
             folder = root / "numpy" / ALL / name
             folder.mkdir(parents=True)
+            fmt = file_format(attrs, str(arr.dtype), int(arr.shape[-1]))
             for t in range(store.n_frames):
-                data, compress = file_array(arr[t], attrs)
-                (np.savez_compressed if compress else np.savez)(folder / f"bench_{t}.npz", data)
+                np.savez_compressed(folder / f"bench_{t}.npz", fmt.encode(arr[t]))
         out = {"frames": frames, "modalities": len(store.names), "size": list(size), "cpus": os.cpu_count(),
                "numpy_loop_s": round(time.perf_counter() - t0, 2)}
         for n in jobs:
