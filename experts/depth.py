@@ -10,6 +10,7 @@ import inspect
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -98,7 +99,7 @@ class HFDepth(Expert):
     default_weights = "depth-anything/Depth-Anything-V2-Small-hf"
     batch_size = 4
 
-    def __init__(self, size: int | None = None, normalization: str = "relative",
+    def __init__(self, size: int | None = None, normalization: Literal[NORMALIZATIONS] = "relative",
                  quantity: str | None = None):
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")

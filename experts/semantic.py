@@ -6,6 +6,7 @@ Both write a uint8 class map [N, H, W, 1] (`output: labels`) or float16 class pr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -87,7 +88,7 @@ class PhgmaeDistil(Expert):
     default_weights = None
     batch_size = 8
 
-    def __init__(self, output: str = "labels", size: list[int] | None = None):
+    def __init__(self, output: Literal[OUTPUTS] = "labels", size: list[int] | None = None):
         self.output_kind = _check_output(output)
         if size is not None and (len(size) != 2 or min(size) < 8):
             raise ValueError(f"size must be [H, W] with both at least 8, got {size}")
@@ -162,7 +163,7 @@ class HFSemantic(Expert):
     default_weights = "nvidia/segformer-b0-finetuned-ade-512-512"
     batch_size = 4
 
-    def __init__(self, output: str = "labels"):
+    def __init__(self, output: Literal[OUTPUTS] = "labels"):
         self.output_kind = _check_output(output)
         self.processor = self.model = None
 

@@ -67,3 +67,13 @@ def test_a_demo_store_opens_as_one_xarray_dataset_without_this_package(tmp_path)
     assert info["modalities"]["hsv"]["frames_done"] == 48
     r = vre("preview", str(store), "-o", str(tmp_path / "p.png"), "--frames", "3")
     assert r.returncode == 0, r.stderr
+
+
+def test_experts_shows_choices_and_says_when_weights_are_required():
+    from video_pipeline.describe import describe_experts
+
+    text = describe_experts("semantic/phgmae-distil")
+    assert "output: 'labels'|'probabilities' (default 'labels')" in text
+    assert "weights: REQUIRED" in text
+    assert "weights: REQUIRED" not in describe_experts("depth/hf")  # it has default weights
+    assert "normalization: 'relative'|'raw'|'reciprocal'" in describe_experts("depth/hf")

@@ -52,7 +52,7 @@ def write_files(folder: Path, files: dict[str, str]) -> None:
 def docs() -> dict[str, str]:
     files = doc_files()
     assert {"pyproject.toml", "vre_mylab/experts.py", "my_experts.py", "recipe.yaml",
-            "tests/test_experts.py"} <= set(files), sorted(files)
+            "tests/test_experts.py", "test_my_experts.py"} <= set(files), sorted(files)
     return files
 
 
@@ -104,6 +104,9 @@ def test_vre_run_with_an_installed_package_and_a_loose_plugin_file(plugin_env, d
     attrs = root["dark"].attrs
     assert attrs["type"] == "mylab/dark" and attrs["params"] == {"level": 0.3} and attrs["deps"] == ["luma"]
     assert root["negative"].attrs["type"] == "local/invert"
+    listed = vre("experts", "local/invert", "--plugins", "my_experts.py", cwd=tmp_path)
+    assert listed.returncode == 0 and "writes: image uint8 x3 in [0, 255]" in listed.stdout, listed.stderr
+    assert "local/invert" not in vre("experts", cwd=tmp_path).stdout  # loose files only when named
 
 
 def test_only_plugin_files_the_recipe_names_are_executed(small_clip, tmp_path):
@@ -180,10 +183,11 @@ class TestBatchSmoothed(ExpertTests):
 
 
 def test_plugin_battery_in_a_pytest_subprocess(plugin_env, docs, tmp_path):
-    write_files(tmp_path, {"tests/test_experts.py": docs["tests/test_experts.py"] + BROKEN_TESTS})
+    write_files(tmp_path, {"tests/test_experts.py": docs["tests/test_experts.py"] + BROKEN_TESTS,
+                           "test_my_experts.py": docs["test_my_experts.py"], "my_experts.py": docs["my_experts.py"]})
     report = tmp_path / "report.xml"
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          f"--junitxml={report}", "tests/test_experts.py"], cwd=tmp_path,
+                          f"--junitxml={report}", "tests/test_experts.py", "test_my_experts.py"], cwd=tmp_path,
                          env={**os.environ, **plugin_env}, capture_output=True, text=True, timeout=300)
     outcomes: dict[str, dict[str, str]] = {}
     for case in ET.parse(report).getroot().iter("testcase"):
@@ -193,6 +197,7 @@ def test_plugin_battery_in_a_pytest_subprocess(plugin_env, docs, tmp_path):
     checks = {name for name in dir(ExpertTests) if name.startswith("test_")}
     assert outcomes["TestLuma"] == dict.fromkeys(checks, "passed"), res.stdout[-3000:]
     assert outcomes["TestDark"] == dict.fromkeys(checks, "passed"), res.stdout[-3000:]
+    assert outcomes["TestInvert"] == dict.fromkeys(checks, "passed"), res.stdout[-3000:]  # a loose file
     failed = {name for name, outcome in outcomes["TestOverflow"].items() if outcome == "failed"}
     assert failed == {"test_values_in_range", "test_end_to_end_run"}, res.stdout[-3000:]
     assert "outside value_range (0.0, 1.0)" in res.stdout

@@ -56,7 +56,7 @@ def cmd_run(args) -> int:
 def cmd_experts(args) -> int:
     from video_pipeline.describe import describe_experts
 
-    print(describe_experts(args.type, as_json=args.json))
+    print(describe_experts(args.type, as_json=args.json, plugins=args.plugins or ()))
     return 0
 
 
@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("experts", help="list registered expert types, their parameters and outputs")
-    e.add_argument("type", nargs="?", help="show only this type")
+    e.add_argument("type", nargs="?", help="show only this type (e.g. edges/canny)")
+    e.add_argument("--plugins", nargs="+", metavar="FILE", help="also list the experts these loose "
+                   "Python files register (as a recipe's plugins: list)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_experts)
 

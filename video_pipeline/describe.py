@@ -26,6 +26,7 @@ def expert_info(type_name_: str) -> dict:
     return {"output": default_output(cls), "type": type_name_, "summary": doc[0] if doc else "", "module": registry.origin(type_name_),
             "params": params, "deps": "any number" if cls.n_deps is None else cls.n_deps,
             "dep_kinds": list(cls.dep_kinds), "default_weights": cls.default_weights,
+            "weights_required": cls.uses_torch and cls.default_weights is None,
             "needs_next_frame": cls.needs_next_frame, "batch_size": cls.batch_size,
             "learned": cls.uses_torch}
 
@@ -43,8 +44,11 @@ def default_output(cls) -> dict | str:
             "classes": list(out.classes), "value_range": out.value_range}
 
 
-def describe_experts(only: str | None = None, as_json: bool = False) -> str:
-    """The `vre experts` listing, generated from the registry."""
+def describe_experts(only: str | None = None, as_json: bool = False, plugins=()) -> str:
+    """The `vre experts` listing, generated from the registry (after importing the loose `plugins`
+    files, as a recipe's `plugins:` list would)."""
+    for path in plugins:
+        registry.load_plugin_file(path)
     names = registry.list_experts()
     if only:
         try:
@@ -62,7 +66,9 @@ def describe_experts(only: str | None = None, as_json: bool = False) -> str:
         kinds = f" ({' or '.join(info['dep_kinds'])})" if info["dep_kinds"] else ""
         extras = [f"deps: {deps}{kinds}", f"batch_size: {info['batch_size']}"]
         if info["default_weights"]:
-            extras.append(f"weights: {info['default_weights']}")
+            extras.append(f"weights: {info['default_weights']} unless the recipe names others")
+        elif info["weights_required"]:
+            extras.append("weights: REQUIRED (the recipe's weights: a file, folder, URL or hub id)")
         if info["needs_next_frame"]:
             extras.append("uses the next frame")
         lines.append("    " + "; ".join(extras))
