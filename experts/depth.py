@@ -16,7 +16,7 @@ import numpy as np
 
 from video_pipeline.errors import WeightsError
 from video_pipeline.expert import Expert, OutputSpec
-from video_pipeline.learned import frames_to_tensor, inference
+from video_pipeline.learned import compute_dtype, frames_to_tensor, inference
 from video_pipeline.quantities import INVERSE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH, check_quantity
 from video_pipeline.registry import register_expert
 
@@ -163,3 +163,77 @@ class HFDepth(Expert):
 
     def teardown(self) -> None:
         self.processor = self.model = None
+
+
+@register_expert("depth/marigold")
+class MarigoldDepth(Expert):
+    """Affine-invariant depth from a Marigold diffusion model (diffusers' MarigoldDepthPipeline).
+
+    Output float16 [N, H, W, 1] at the frames' H, W: relative depth in [0, 1] (larger = farther),
+    as the extended Dronescapes `depth_marigold` modality stores it. The weights are a diffusers
+    pipeline folder or hub id; its scheduler decides the variant: the LCM one (default,
+    `prs-eth/marigold-depth-lcm-v1-0`, 1 to 4 steps) or the DDIM one (`prs-eth/marigold-depth-v1-0`).
+    Params:
+      denoising_steps: diffusion steps per prediction (None: the pipeline's default).
+      ensemble_size: predictions per frame, aligned and averaged (Marigold's test-time ensemble).
+      processing_resolution: longest side the model runs at (0: the frame's own; None: the
+        pipeline's default, 768).
+      seed: seed of the starting noise, the same for every frame (so a frame's depth does not
+        depend on the batch it came in, and reruns reproduce it).
+    """
+
+    uses_torch = True
+    default_weights = "prs-eth/marigold-depth-lcm-v1-0"
+    batch_size = 1
+
+    def __init__(self, denoising_steps: int | None = None, ensemble_size: int = 1,
+                 processing_resolution: int | None = None, seed: int = 0):
+        if denoising_steps is not None and denoising_steps < 1:
+            raise ValueError(f"denoising_steps must be >= 1, got {denoising_steps}")
+        if ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
+        if processing_resolution is not None and (processing_resolution < 0 or processing_resolution % 8):
+            raise ValueError(f"processing_resolution must be 0 or a positive multiple of 8, got "
+                             f"{processing_resolution}")
+        self.denoising_steps, self.ensemble_size = denoising_steps, ensemble_size
+        self.processing_resolution, self.seed = processing_resolution, seed
+        self.pipeline = None
+
+    def output(self, deps: Mapping[str, OutputSpec]) -> OutputSpec:
+        return OutputSpec(channels=1, kind="depth", dtype="float16", value_range=(0.0, 1.0),
+                          quantity=RELATIVE_DEPTH)
+
+    def setup(self, device: str) -> None:
+        import torch
+        from diffusers import MarigoldDepthPipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        self.device = device
+        diffusers_logging.disable_progress_bar()
+        try:
+            pipeline = MarigoldDepthPipeline.from_pretrained(self.weights_path)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise WeightsError(f"expert '{self.name}': cannot load a Marigold depth pipeline from "
+                               f"{self.weights_path} ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        pipeline.set_progress_bar_config(disable=True)
+        # float16 on GPUs unless the recipe asks otherwise (as Marigold's authors run it), else float32
+        dtype = compute_dtype(device, self.dtype)
+        self.pipeline = pipeline.to(device) if dtype == "float32" else \
+            pipeline.to(device=device, dtype=getattr(torch, dtype))
+
+    def __call__(self, frames: np.ndarray, deps: Mapping[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        depths = []
+        for image in frames_to_tensor(frames, self.device):  # one frame at a time, each from `seed`
+            generator = torch.Generator(self.device).manual_seed(self.seed)
+            with torch.inference_mode():
+                out = self.pipeline(image[None], num_inference_steps=self.denoising_steps,
+                                    ensemble_size=self.ensemble_size,
+                                    processing_resolution=self.processing_resolution,
+                                    generator=generator, output_type="pt")
+            depths.append(out.prediction.float().clamp(0, 1))                    # [1, 1, H, W]
+        return torch.cat(depths).permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
+
+    def teardown(self) -> None:
+        self.pipeline = None

@@ -175,6 +175,46 @@ def _checked_class_ids(names: Sequence[str], dep: str, spec: OutputSpec, param: 
     return [spec.classes.index(n) for n in names]
 
 
+@dataclass
+class ClassVote:
+    """Class lists over semantic dependencies and how their masks combine (map/binary, safe landing).
+
+    `classes`: one list of class names for every dependency, or one list per dependency (for
+    dependencies with different class sets, e.g. Mapillary and COCO), named by the parameter
+    `param` in errors. `mode`: 'majority' (strictly more than half of the dependencies), 'all'
+    or 'any'.
+    """
+
+    classes: Sequence
+    mode: str
+    param: str
+    class_ids: list[list[int]] | None = None
+
+    def __post_init__(self):
+        flat = all(isinstance(c, str) for c in self.classes)
+        if not self.classes or not (flat or all(isinstance(c, (list, tuple)) and c for c in self.classes)):
+            raise ValueError(f"{self.param} must be a non-empty list of class names, or one such list per "
+                             f"dependency")
+        if self.mode not in ("majority", "all", "any"):
+            raise ValueError(f"mode must be majority, all or any, got {self.mode!r}")
+        self.per_dep = not flat
+
+    def bind(self, deps: Sequence[tuple[str, OutputSpec]]) -> None:
+        """Look the class names up in the dependencies' classes (ValueError naming what is wrong)."""
+        if self.per_dep and len(self.classes) != len(deps):
+            raise ValueError(f"{self.param} has {len(self.classes)} lists for {len(deps)} "
+                             f"dependencies (give one list per dependency, or one list for all)")
+        self.class_ids = [_checked_class_ids(self.classes[i] if self.per_dep else self.classes, name, spec,
+                                             self.param) for i, (name, spec) in enumerate(deps)]
+
+    def __call__(self, semantics: Sequence[np.ndarray]) -> np.ndarray:
+        """bool [N,H,W]: the combined masks of the semantic arrays (ids or probabilities)."""
+        if self.class_ids is None:
+            raise RuntimeError("output() must be given the dependencies' specs first")
+        masks = [class_mask(class_labels(d), ids) for d, ids in zip(semantics, self.class_ids)]
+        return combine_masks(masks, self.mode)
+
+
 def _binary_output() -> OutputSpec:
     return OutputSpec(channels=1, kind="binary", value_range=(0.0, 1.0))
 
@@ -252,31 +292,16 @@ class MapBinary(Expert):
 
     def __init__(self, classes: list[str] | list[list[str]],
                  mode: Literal["majority", "all", "any"] = "majority"):
-        flat = all(isinstance(c, str) for c in classes)
-        if not classes or not (flat or all(isinstance(c, (list, tuple)) and c for c in classes)):
-            raise ValueError("classes must be a non-empty list of class names, or one such list per "
-                             "dependency")
-        if mode not in ("majority", "all", "any"):
-            raise ValueError(f"mode must be majority, all or any, got {mode!r}")
-        self.classes, self.mode, self.per_dep = classes, mode, not flat
-        self.class_ids: list[list[int]] | None = None
+        self.vote = ClassVote(classes, mode, "classes")
 
     def output(self, deps: Mapping[str, OutputSpec]) -> OutputSpec:
         if not deps:
             raise ValueError("map/binary needs at least one semantic dependency")
-        if self.per_dep and len(self.classes) != len(deps):
-            raise ValueError(f"classes has {len(self.classes)} lists for {len(deps)} dependencies "
-                             f"(give one list per dependency, or one list for all)")
-        self.class_ids = [_checked_class_ids(self.classes[i] if self.per_dep else self.classes, name, spec,
-                                             "classes")
-                          for i, (name, spec) in enumerate(deps.items())]
+        self.vote.bind(list(deps.items()))
         return _binary_output()
 
     def __call__(self, frames: np.ndarray, deps: Mapping[str, np.ndarray]) -> np.ndarray:
-        if self.class_ids is None:
-            raise RuntimeError("map/binary: output() must be given the dependencies' specs first")
-        masks = [class_mask(class_labels(d), ids) for d, ids in zip(_ordered(self, deps), self.class_ids)]
-        return combine_masks(masks, self.mode).astype(np.uint8)[..., None]
+        return self.vote(_ordered(self, deps)).astype(np.uint8)[..., None]
 
 
 @register_expert("map/threshold")
@@ -328,9 +353,12 @@ class MapThreshold(Expert):
 class MapSafeLanding(Expert):
     """1 where landing looks safe: level (normals), near (depth), optionally on `safe_classes`.
 
-    Dependencies: [normals, depth] or [normals, depth, semantic]. Thresholds default to the
+    Dependencies: [normals, depth] or [normals, depth, semantic, ...]. Thresholds default to the
     Dronescapes rule (see `safe_landing`); `vertical_axis` is 'y' for forward-looking cameras, 'z'
-    for nadir ones; `max_depth` null drops the depth test.
+    for nadir ones; `max_depth` null drops the depth test. With semantic dependencies the pixel must
+    also be in `safe_classes` (one list for all, or one per semantic dependency) for a `mode` vote
+    of them ('majority': more than half, as the dataset's safe-landing-semantics takes 2 of 3 raw
+    Mask2Former maps; 'all'; 'any').
     """
 
     n_deps = None
@@ -338,19 +366,21 @@ class MapSafeLanding(Expert):
 
     def __init__(self, vertical_axis: Literal["x", "y", "z"] = "y", min_vertical: float = 0.8,
                  max_others: float = 1.2, max_depth: float | None = 0.9,
-                 safe_classes: list[str] = ("land", "road")):
+                 safe_classes: list[str] | list[list[str]] = ("land", "road"),
+                 mode: Literal["majority", "all", "any"] = "majority"):
         if vertical_axis not in AXES:
             raise ValueError(f"vertical_axis must be x, y or z, got {vertical_axis!r}")
         self.vertical_axis, self.min_vertical, self.max_others = vertical_axis, min_vertical, max_others
-        self.max_depth, self.safe_classes = max_depth, list(safe_classes)
-        self.safe_ids: list[int] | None = None
+        self.max_depth = max_depth
+        self.vote = ClassVote([list(c) if not isinstance(c, str) else c for c in safe_classes], mode,
+                              "safe_classes")
 
     def output(self, deps: Mapping[str, OutputSpec]) -> OutputSpec:
         items = list(deps.items())
-        expected = ("normals", "depth", "semantic")[:len(items)]
-        if len(items) not in (2, 3) or any(s.kind != k for (_, s), k in zip(items, expected)):
+        expected = ("normals", "depth") + ("semantic",) * max(len(items) - 2, 0)
+        if len(items) < 2 or any(s.kind != k for (_, s), k in zip(items, expected)):
             got = ", ".join(f"{n} ({s.kind})" for n, s in items) or "none"
-            raise ValueError(f"map/safe-landing takes [normals, depth] or [normals, depth, semantic], "
+            raise ValueError(f"map/safe-landing takes [normals, depth] or [normals, depth, semantic, ...], "
                              f"got {got}")
         (normals_name, normals), (depth_name, depth) = items[:2]
         if normals.channels != 3:
@@ -362,8 +392,8 @@ class MapSafeLanding(Expert):
             raise ValueError(f"dependency '{depth_name}' holds inverse depth (larger is closer), so "
                              f"max_depth cannot bound it: set max_depth: null and AND the mask with "
                              f"map/threshold (deps [mask, {depth_name}], op ge)")
-        if len(items) == 3:
-            self.safe_ids = _checked_class_ids(self.safe_classes, *items[2], "safe_classes")
+        if len(items) > 2:
+            self.vote.bind(items[2:])
         return _binary_output()
 
     def __call__(self, frames: np.ndarray, deps: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -371,7 +401,5 @@ class MapSafeLanding(Expert):
         out = safe_landing(normals, depth, self.vertical_axis, self.min_vertical, self.max_others,
                            self.max_depth)
         if semantic:
-            if self.safe_ids is None:
-                raise RuntimeError("map/safe-landing: output() must be given the dependencies' specs first")
-            out &= class_mask(class_labels(semantic[0]), self.safe_ids)
+            out &= self.vote(semantic)
         return out.astype(np.uint8)[..., None]

@@ -39,6 +39,8 @@ CASES: dict[str, dict] = {
                   "frames_shape": (3, 64, 64), "invalid_params": (("model", "tiny"), ("num_flow_updates", 0))},
     "depth/hf": {"weights": "tiny:depth",
                  "invalid_params": (("normalization", "metric"), ("size", 8), ("quantity", "depth"))},
+    "depth/marigold": {"weights": "tiny:marigold", "invalid_params": (("denoising_steps", 0), ("ensemble_size", 0),
+                                                                       ("processing_resolution", 30))},
     "normals/svd": {"params": {"window": 5}, "deps": {"depth": DEPTH},
                     "invalid_params": (("window", 4), ("window", 1), ("fov_deg", 180.0), ("fov_deg", 0.0),
                                        ("fov_axis", "width"), ("sensor_size", [3840]),
@@ -110,6 +112,12 @@ class TinyModels:
         tf.DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True,
                              ensure_multiple_of=14).save_pretrained(path)
         return path
+
+    @staticmethod
+    def build_marigold(path: Path) -> Path:
+        from tiny_models import build_marigold
+
+        return build_marigold(path)
 
     @staticmethod
     def _segformer(path: Path, classes: list[str]) -> Path:

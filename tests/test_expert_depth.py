@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_device
 
-from experts.depth import HFDepth, normalize_relative
+from experts.depth import HFDepth, MarigoldDepth, normalize_relative
 from video_pipeline import weights
 from video_pipeline.errors import WeightsError
 
@@ -143,3 +143,44 @@ def test_constant_frames_normalize_to_zero():
     out = normalize_relative(depth)
     assert torch.equal(out[0], torch.zeros(4, 5))
     assert out[1].min() == 0 and out[1].max() == 1
+
+
+# ------------------------------------------------------------------------------- depth/marigold
+@pytest.fixture(scope="module")
+def marigold(tmp_path_factory) -> Path:
+    from tiny_models import build_marigold
+
+    return build_marigold(tmp_path_factory.mktemp("marigold"))
+
+
+def test_marigold_is_the_pipelines_prediction_as_relative_depth(marigold):
+    import torch
+    from diffusers import MarigoldDepthPipeline
+
+    x = frames(2, 40, 56)
+    expert = MarigoldDepth(denoising_steps=2, ensemble_size=3, processing_resolution=32, seed=7)
+    expert.bind("depth_marigold", weights=str(marigold), weights_path=marigold)
+    spec = expert.output({})
+    assert (spec.kind, spec.quantity, spec.value_range) == ("depth", "relative_depth", (0.0, 1.0))
+    expert.setup("cpu")
+    out = expert(x, {})
+    assert out.shape == (2, 40, 56, 1) and out.dtype == np.float16
+    # the pipeline loaded by diffusers itself, called frame by frame with the same seed
+    pipeline = MarigoldDepthPipeline.from_pretrained(marigold)
+    pipeline.set_progress_bar_config(disable=True)
+    for i in range(2):
+        ref = pipeline(torch.from_numpy(x[i]).permute(2, 0, 1)[None], num_inference_steps=2, ensemble_size=3,
+                       processing_resolution=32, generator=torch.Generator().manual_seed(7),
+                       output_type="np").prediction
+        assert np.abs(out[i].astype(np.float32) - ref[0]).max() < 2e-3
+    # another seed, another starting noise
+    other = MarigoldDepth(denoising_steps=2, ensemble_size=3, processing_resolution=32, seed=8)
+    other.bind("d", weights=str(marigold), weights_path=marigold).setup("cpu")
+    assert np.abs(other(x, {}).astype(np.float32) - out).max() > 1e-3
+
+
+def test_marigold_refuses_a_folder_that_is_not_a_pipeline(tmp_path):
+    (tmp_path / "model_index.json").write_text("{}")
+    expert = MarigoldDepth().bind("depth_marigold", weights=str(tmp_path), weights_path=tmp_path)
+    with pytest.raises(WeightsError, match="expert 'depth_marigold': cannot load a Marigold depth pipeline"):
+        expert.setup("cpu")

@@ -1,0 +1,49 @@
+"""Tiny randomly initialised models of real architectures, written the way their real weights ship.
+
+Helpers for tests (no test in here): each `build_*` saves a model to `path` through the library's
+own `save_pretrained` and returns the folder the expert loads through its normal weights path.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def build_marigold(path: Path) -> Path:
+    """A Marigold depth pipeline (diffusers) of the real layout, a few channels wide, LCM scheduler.
+
+    UNet (8 latent channels in: image + depth latents, 4 out, v-prediction), a 2-level VAE, a
+    1-layer CLIP text encoder for the empty prompt, and a CLIP tokenizer over a 3-token vocabulary.
+    """
+    import torch
+    import transformers as tf
+    from diffusers import AutoencoderKL, LCMScheduler, MarigoldDepthPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    path.mkdir(parents=True, exist_ok=True)
+    unet = UNet2DConditionModel(sample_size=16, in_channels=8, out_channels=4, layers_per_block=1,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=8,
+                                attention_head_dim=2)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        block_out_channels=(8, 8), norm_num_groups=4)
+    scheduler = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                             prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1,
+                             original_inference_steps=50, timestep_scaling=10.0, clip_sample=False)
+    text_encoder = tf.CLIPTextModel(tf.CLIPTextConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                                      num_attention_heads=2, vocab_size=8,
+                                                      max_position_embeddings=77, bos_token_id=0,
+                                                      eos_token_id=1, pad_token_id=1))
+    vocab = path / "vocab"
+    vocab.mkdir(exist_ok=True)
+    (vocab / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2}))
+    (vocab / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = tf.CLIPTokenizer(str(vocab / "vocab.json"), str(vocab / "merges.txt"), model_max_length=77)
+    pipeline = MarigoldDepthPipeline(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder,
+                                     tokenizer=tokenizer, prediction_type="depth", scale_invariant=True,
+                                     shift_invariant=True, default_denoising_steps=1,
+                                     default_processing_resolution=32)
+    pipeline.save_pretrained(path / "pipeline")
+    return path / "pipeline"
