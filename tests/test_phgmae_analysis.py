@@ -137,3 +137,13 @@ def test_analyses_need_the_right_nodes(trained, tmp_path):
     bare = write_store(tmp_path / "bare.zarr", {"rgb": (np.zeros((2, 24, 32, 3), np.uint8), {"kind": "image"})})
     with pytest.raises(VreError, match="robustness needs an output node"):
         analysis.robustness(load(ckpt), [bare])
+
+
+def test_importance_leaves_out_always_visible_inputs(tmp_path):
+    """rgb is always visible in this checkpoint's training: a mask hiding it was never trained on, so
+    it is no input of the importance matrix (only depth is)."""
+    from tests.test_phgmae_ensemble import small_store, tiny_checkpoint
+
+    store = small_store(tmp_path / "s.zarr", n=2)
+    result = analysis.importance(load(tiny_checkpoint(tmp_path / "m.ckpt")), [store], frames="0..2", masks=4)
+    assert result["inputs"] == ["depth"] and result["targets"] == ["depth", "semantic_output"]

@@ -2,10 +2,13 @@
 modalities agree.
 
 - importance: for every target node n (a node the checkpoint's masking may hide) and every input
-  node m (one it may show), n's loss with m visible minus its loss with m masked, over random masks
-  of the training policy: each base mask is evaluated twice, m forced visible and m forced masked
-  (paired, so the other nodes' luck cancels), at every base mask where n is masked. Positive: seeing
-  m helps predict n. Written as importance.csv and a heatmap importance.png.
+  node m the training policy may both show and hide (always-visible nodes such as rgb are left out:
+  a mask hiding them was never seen in training), n's loss with m masked minus its loss with m
+  visible, over random masks of the training policy: each base mask is evaluated twice, m forced
+  visible and m forced masked (paired, so the other nodes' luck cancels), at every base mask where
+  n is masked; a pair whose masked side would hide every node is left out (training never draws
+  such a mask). Positive: seeing m helps predict n. Written as importance.csv and a heatmap
+  importance.png. (MR-MAE's matrix of each input alone is `loss_matrix`.)
 - robustness: each output node's metric (mIoU for class nodes, mean absolute error in the node's
   units for regression) when c of the maskable inputs are missing, c = 0 .. all of them, averaged
   over subsets of that size (all of them, or `subsets` random ones); optionally also for an ensemble
@@ -74,14 +77,16 @@ def importance(loaded: Loaded, paths: Sequence[Path], frames=None, masks: int = 
     stores = [VideoStore.open(p) for p in paths]
     have = stored_nodes(loaded, stores)
     policy = ensemble_policy(layout, [n for n in layout.names if n not in have], loaded.masking)
-    inputs = [n for n in have if n not in policy.never_visible]
+    inputs = [n for n in have if n in policy.free]
     targets = [n for n in have if n not in policy.always_visible]
     if not inputs or not targets:
-        raise VreError(f"{loaded.path}: importance needs a node that may be seen and one that may be hidden "
-                       f"among those in the stores ({', '.join(have)})")
+        raise VreError(f"{loaded.path}: importance needs a node the training masking both shows and hides, and "
+                       f"one it hides, among those in the stores ({', '.join(have)}; always visible: "
+                       f"{', '.join(policy.always_visible) or 'none'})")
     col = {n: i for i, n in enumerate(layout.names)}
     base = sample_mask(masks, policy, torch.Generator().manual_seed(seed))               # [R, M]
     unique, index = paired_masks(base, [col[m] for m in inputs])                     # [U, M], [R, F, 2]
+    blind = unique[index[:, :, 1]].all(-1).numpy()                                   # [R, F]
     specs = checkpoint_loss_specs(loaded)
     num = np.zeros((len(targets), len(inputs), 2))
     den = np.zeros((len(targets), len(inputs), 2))
@@ -98,6 +103,8 @@ def importance(loaded: Loaded, paths: Sequence[Path], frames=None, masks: int = 
                         value, weight = node_loss(specs[n], raw[n][j], truth[n], present[:, col[n]])
                         losses[(start + j, t)] = (float(value) * float(weight), float(weight))
         for (r, f, hidden), u in np.ndenumerate(index.numpy()):
+            if blind[r, f]:
+                continue  # its masked variant hides every node: never drawn in training
             for t, n in enumerate(targets):
                 if n == inputs[f] or not base[r, col[n]]:
                     continue  # n must be hidden in both variants for its loss to count
