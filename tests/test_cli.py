@@ -77,3 +77,49 @@ def test_experts_shows_choices_and_says_when_weights_are_required():
     assert "weights: REQUIRED" in text
     assert "weights: REQUIRED" not in describe_experts("depth/hf")  # it has default weights
     assert "normalization: 'relative'|'raw'|'reciprocal'" in describe_experts("depth/hf")
+
+
+def parsers(parser, path=""):
+    """(command path, parser) of every subcommand, nested ones included."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{path} {name}".strip(), sub
+                yield from parsers(sub, f"{path} {name}".strip())
+
+
+def test_every_command_shows_an_example_and_every_positional_has_help():
+    import argparse
+
+    from video_pipeline.cli import build_parser
+
+    found = dict(parsers(build_parser()))
+    assert {"run", "view", "import vre", "analyze agreement"} <= set(found)
+    for path, parser in found.items():
+        text = parser.format_help()
+        assert "example:\n  vre " + path.split()[0] in text, f"`vre {path} -h` shows no example"
+        for action in parser._actions:
+            if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"`vre {path}`: positional '{action.dest}' has no help text"
+
+
+def test_frames_before_the_video_debug_after_the_command_and_a_bundled_recipe_by_name(tmp_path, clip, capsys):
+    from video_pipeline import cli
+    from video_pipeline.errors import StoreError
+    from video_pipeline.store import VideoStore
+
+    assert cli.frames_last(["run", "r.yaml", "--frames", "0..2", "v.mp4", "-o", "x"]) == \
+        ["run", "r.yaml", "v.mp4", "-o", "x", "--frames", "0..2"]
+    assert cli.frames_last(["run", "r.yaml", "--frames", "1", "5", "..9", "v.mp4"]) == \
+        ["run", "r.yaml", "v.mp4", "--frames", "1", "5", "..9"]
+    out = tmp_path / "q.zarr"
+    assert cli.main(["run", "quickstart", "--frames", "0..3", str(clip), "-o", str(out), "-q"]) == 0
+    store = VideoStore.open(out)
+    assert store.meta["recipe"]["experts"].keys() >= {"rgb", "hsv", "edges", "flow"}   # quickstart.yaml
+    assert store.done_frames("rgb").nonzero()[0].tolist() == [0, 1, 2]
+    with pytest.raises(StoreError):  # --debug after the command: the traceback, not one line
+        cli.main(["inspect", str(tmp_path / "none.zarr"), "--debug"])
+    assert cli.main(["inspect", str(tmp_path / "none.zarr")]) == 2
+    assert "vre: error:" in capsys.readouterr().err

@@ -8,11 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 from video_pipeline import __version__
+from video_pipeline.bundled import recipe_path
 from video_pipeline.errors import Interrupted, VreError
+
+FRAME_OPTIONS = ("--frames", "--fit-frames")
+FRAME_SPEC = re.compile(r"^(\d*\.\.\d*|\d+)$")
 
 # What Ctrl-C leaves behind, per command (commands that know more raise errors.Interrupted).
 INTERRUPTED = {"run": "interrupted; finished shards are kept, rerun the same command to resume"}
@@ -24,7 +29,7 @@ def cmd_run(args) -> int:
     from video_pipeline.video import Video, parse_frames
 
     few_malloc_arenas()
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(recipe_path(args.recipe))
     if len(args.video) > 1 and args.output:
         raise VreError("-o names one store; with several videos, omit it (each gets <stem>.zarr)")
     from video_pipeline.parallel import default_workers, run_parallel
@@ -215,7 +220,7 @@ def cmd_bench(args) -> int:
     from video_pipeline.runner import few_malloc_arenas
 
     few_malloc_arenas()
-    print(bench(args.recipe, args.video, frames=args.frames, device=args.device,
+    print(bench(recipe_path(args.recipe), args.video, frames=args.frames, device=args.device,
                 workers=args.workers, keep=args.keep, as_json=args.json))
     return 0
 
@@ -231,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vre", description="Turn videos into multi-modal zarr datasets "
                                 "with a graph of pretrained experts; train PHG-MAE models on them.")
     p.add_argument("--version", action="version", version=f"video-pipeline {__version__}")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors (anywhere on the line)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run a recipe on videos (or image folders) into zarr stores")
@@ -412,12 +417,85 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("-o", "--output", help="folder for the clip and the store (default: a temp folder)")
     de.add_argument("--device")
     de.set_defaults(func=cmd_demo)
+    finish(p)
     return p
+
+
+# One example per command (the test suite checks every command has one), shown by `vre CMD -h`.
+EXAMPLES = {
+    "run": "vre run quickstart flight.mp4 --frames 0..100       # a bundled recipe by name\n"
+           "  vre run my_recipe.yaml flight.mp4 -o flight.zarr --device cpu",
+    "experts": "vre experts semantic/phgmae-distil\n  vre experts --plugins my_experts.py",
+    "inspect": "vre inspect flight.zarr --json",
+    "preview": "vre preview flight.zarr -o preview.mp4\n  vre preview flight.zarr --png png/ --frames 0..10",
+    "view": "vre view flight.zarr --open",
+    "verify": "vre verify flight.zarr --no-repair",
+    "stats": "vre stats flight.zarr other.zarr",
+    "export": "vre export dronescapes flight.zarr -o dataset/ --splits splits.yaml",
+    "export dronescapes": "vre export dronescapes flight.zarr -o dataset/ --splits splits.yaml",
+    "import": "vre import dronescapes dronescapes/ -o stores/",
+    "import dronescapes": "vre import dronescapes dronescapes/ -o stores/",
+    "import vre": "vre import vre vre_output/ -o flight.zarr",
+    "train": "vre train --example teacher > teacher.yaml && vre train teacher.yaml",
+    "ensemble": "vre ensemble runs/teacher/best.ckpt flight.zarr -k 8",
+    "evaluate": "vre evaluate runs/teacher/best.ckpt flight.zarr --target semantic -k 8",
+    "analyze": "vre analyze importance runs/teacher/best.ckpt flight.zarr -o analysis/",
+    "analyze importance": "vre analyze importance runs/teacher/best.ckpt flight.zarr -o analysis/",
+    "analyze robustness": "vre analyze robustness runs/teacher/best.ckpt flight.zarr --ensemble-k 4",
+    "analyze agreement": "vre analyze agreement flight.zarr --prediction ensemble_semantic_output --target semantic",
+    "distill": "vre distill --example distill > distill.yaml && vre distill distill.yaml",
+    "consistency": "vre consistency flight.zarr --modality semantic --flow flow",
+    "bench": "vre bench cpu-fast flight.mp4 --frames 0..64",
+    "demo": "vre demo -o demo/",
+}
+# Help of positionals by name, where a command did not give its own.
+POSITIONALS = {
+    "recipe": "recipe YAML, or the name of a bundled recipe (quickstart, cpu-fast, uav-offline, dronescapes)",
+    "video": "video file or folder of images",
+    "store": "a store made by `vre run` (a <name>.zarr folder)",
+    "checkpoint": "a checkpoint of `vre train` or `vre distill` (.ckpt)",
+    "config": "config YAML",
+    "directory": "the folder to import",
+}
+
+
+def finish(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Give every (sub)command its example and every positional a help text (see EXAMPLES)."""
+    if path:
+        parser.epilog = "example:\n  " + EXAMPLES[path]
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                finish(sub, f"{path} {name}".strip())
+        elif not action.option_strings and not action.help:
+            action.help = POSITIONALS.get(action.dest)
+
+
+def frames_last(argv: list[str]) -> list[str]:
+    """argv with every frame option (`--frames 0..2`, `--frames 1 5 9`) and the frame specs after it
+    moved to the end, so a positional after it (`vre run r.yaml --frames 0..2 video.mp4`) is not
+    taken for a frame. Specs are `A..B` (either end optional) or a frame number."""
+    kept, moved, i = [], [], 0
+    while i < len(argv):
+        if argv[i] in FRAME_OPTIONS:
+            j = i + 1
+            while j < len(argv) and FRAME_SPEC.match(argv[j]):
+                j += 1
+            moved += argv[i:j]
+            i = j
+        else:
+            kept.append(argv[i])
+            i += 1
+    return kept + moved
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line, before or after the command
+    args = parser.parse_args(frames_last([a for a in argv if a != "--debug"]))
+    args.debug = debug
     try:
         return args.func(args)
     except VreError as err:
