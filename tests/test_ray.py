@@ -2,7 +2,6 @@
 a dead actor's job retried elsewhere, interrupted runs resumed by another backend."""
 from __future__ import annotations
 
-import argparse
 import signal
 
 import pytest
@@ -10,7 +9,7 @@ import zarr
 
 from test_parallel import assert_same_store, basic_experts, kill_midway, logged_pids, store_recipe, wait_gone
 from video_pipeline.recipe import load_recipe
-from video_pipeline.runner import RunOptions, run
+from video_pipeline.runner import RunOptions, run, store_paths
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'video-pipeline[ray]')")
 
@@ -26,17 +25,13 @@ def ray_address():
     ray.shutdown()
 
 
-def run_args(video, out, **kw) -> argparse.Namespace:
-    """What `vre run ... --ray` parses to."""
-    base = dict(video=[str(video)], output=str(out), frames=None, stride=1, only=None, overwrite=False,
-                device=None, workers=1, ray="auto", on_error="stop", quiet=True)
-    return argparse.Namespace(**{**base, **kw})
-
-
 def ray_run(recipe_path, video, out, **kw) -> int:
+    """What `vre run RECIPE VIDEO -o OUT --ray -q` does; returns its exit code."""
+    from video_pipeline.cli import report_runs
     from video_pipeline.parallel import run_parallel
 
-    return run_parallel(load_recipe(recipe_path), run_args(video, out, **kw))
+    options = RunOptions(ray="auto", progress=False, **kw)
+    return report_runs(run_parallel(load_recipe(recipe_path), store_paths([video], out), options))
 
 
 def test_ray_writes_the_single_worker_store(ray_address, tmp_path, clip):

@@ -24,28 +24,33 @@ INTERRUPTED = {"run": "interrupted; finished shards are kept, rerun the same com
 
 
 def cmd_run(args) -> int:
+    from video_pipeline.parallel import default_workers, run_parallel
     from video_pipeline.recipe import load_recipe
-    from video_pipeline.runner import RunOptions, few_malloc_arenas, run
-    from video_pipeline.video import Video, parse_frames
+    from video_pipeline.runner import RunOptions, few_malloc_arenas, run, store_paths
 
     few_malloc_arenas()
     recipe = load_recipe(recipe_path(args.recipe))
-    if len(args.video) > 1 and args.output:
-        raise VreError("-o names one store; with several videos, omit it (each gets <stem>.zarr)")
-    from video_pipeline.parallel import default_workers, run_parallel
+    targets = store_paths(args.video, args.output)
+    workers = args.workers or default_workers(recipe, args.device)
+    if workers < 1:
+        raise VreError(f"--workers must be at least 1, got {args.workers}")
+    options = RunOptions(frame_spec=tuple(args.frames or ()), stride=args.stride, only=tuple(args.only or ()),
+                         overwrite=args.overwrite, device=args.device, on_error=args.on_error,
+                         progress=not args.quiet, workers=workers, ray=args.ray)
+    if options.ray is not None or options.workers > 1:
+        return report_runs(run_parallel(recipe, targets, options))
+    for video_path, out in targets:
+        code = report_runs([(out, run(recipe, video_path, out, options))])
+        if code:
+            return code
+    return 0
 
-    args.workers = args.workers or default_workers(recipe, args.device)
-    if args.ray is not None or args.workers > 1:
-        return run_parallel(recipe, args)
-    for video_path in args.video:
-        out = Path(args.output) if args.output else Path.cwd() / f"{Path(video_path).stem}.zarr"
-        frames = None
-        if args.frames or args.stride != 1:
-            n = Video.open(video_path).n_frames
-            frames = parse_frames(args.frames, args.stride, n)
-        options = RunOptions(frames=frames, only=tuple(args.only or ()), overwrite=args.overwrite,
-                             device=args.device, on_error=args.on_error, progress=not args.quiet)
-        stats = run(recipe, video_path, out, options)
+
+def report_runs(results) -> int:
+    """Print one line per store run ([(store path, RunStats)]) and the skipped experts; the exit
+    code: 3 if an expert was skipped, else 0."""
+    code = 0
+    for out, stats in results:
         if stats.frames == 0 and not stats.skipped:
             print(f"{out}: nothing to do (every asked frame is already stored)")
         else:
@@ -53,9 +58,8 @@ def cmd_run(args) -> int:
             print(f"{out}: {stats.frames} frames in {stats.wall:.1f} s ({rate:.1f} frames/s)")
         for name, why in stats.skipped.items():
             print(f"skipped expert '{name}': {why}", file=sys.stderr)
-        if stats.skipped:
-            return 3
-    return 0
+            code = 3
+    return code
 
 
 def cmd_experts(args) -> int:

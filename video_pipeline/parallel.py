@@ -1,11 +1,12 @@
 """Parallel backends of `vre run`: local worker processes (`--workers N`) and Ray (`--ray [ADDRESS]`).
 
 Both follow one scheme, with the planner and resume rules of the single-process runner:
-  1. The driver locks every store and calls `runner.prepare` on it (recipe check, plan, weights,
-     arrays), then cuts each store's units (one per shard) into contiguous *jobs*.
+  1. The driver locks and opens every store with `runner.open_target` and calls `runner.prepare`
+     on it (recipe check, plan, weights, arrays), as a single-process run does, then cuts each
+     store's units (one per shard) into contiguous *jobs*.
   2. A worker (a spawned process, or a Ray actor) re-loads the recipe from its file (plugins
      included), loads the experts once and keeps them, and runs each job it is handed with
-     `runner._execute`: it decodes its own frames and writes its own shards straight to the store,
+     `runner.execute`: it decodes its own frames and writes its own shards straight to the store,
      flagging a shard only once it is written. Only job descriptors (frame indices), progress counts
      and run statistics cross process boundaries; frames and outputs never do.
   3. Workers report finished frames to one progress bar in the driver. The first error stops the
@@ -31,16 +32,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from video_pipeline import errors, registry
 from video_pipeline.errors import DecodeError, RecipeError, VreError, WeightsError
 from video_pipeline.recipe import Recipe, load_recipe
-from video_pipeline.runner import (Prepared, RunOptions, RunStats, StoreLock, Unit, _execute,
-                                   discarded_on_error, few_malloc_arenas, _progress_bar, load_experts,
-                                   open_video, prepare, resolve_weights)
+from video_pipeline.runner import (Prepared, RunOptions, RunStats, Unit, discarded_on_error, execute,
+                                   few_malloc_arenas, load_experts, open_target, prepare, progress_bar,
+                                   resolve_weights)
 from video_pipeline.store import VideoStore
-from video_pipeline.video import FrameIndex, Video, parse_frames
+from video_pipeline.video import FrameIndex, Video
 
 JOBS_PER_WORKER = 3     # jobs per worker and store: enough to balance, few enough to keep decode runs long
 MAX_ATTEMPTS = 3        # a Ray job whose actor dies is tried this many times in all
@@ -155,8 +155,8 @@ class Worker:
             store, video = self._open(job.target)
             options = RunOptions(on_error=self.spec.on_error, progress=False)
             with _reporting(stats, report):
-                _execute(self.recipe, self.experts, video, store, list(job.units),
-                         self.targets[job.target].size, options, stats)
+                execute(self.recipe, self.experts, video, store, list(job.units),
+                        self.targets[job.target].size, options, stats)
         except Exception as err:  # noqa: BLE001 - handed back to the driver, which raises it
             return JobResult(job.id, stats, (type(err).__name__, str(err), getattr(err, "frame", None),
                                              traceback.format_exc()))
@@ -200,10 +200,8 @@ class Worker:
     def _open(self, target: int) -> tuple[VideoStore, Video]:
         if target not in self.opened:
             t = self.targets[target]
-            # Not VideoStore.open: its writability probe is one fixed file name, which concurrent
-            # workers would race on; the driver has probed and holds the lock, and partial files
-            # are its to clean up.
-            store = VideoStore(Path(t.store), zarr.open_group(t.store, mode="r+", zarr_format=3))
+            # "r+": the driver holds the lock, and partial files are its to clean up
+            store = VideoStore.open(t.store, "r+")
             video = Video.open(t.video, index=FrameIndex.from_arrays(*store.load_index()))
             self.opened[target] = (store, video)
         return self.opened[target]
@@ -301,48 +299,36 @@ def merge_stats(into: RunStats, part: RunStats) -> None:
         into.skipped.setdefault(name, why)  # keep the first reason reported
 
 
-def run_parallel(recipe: Recipe, args) -> int:
-    """`vre run` with `--workers N` (N > 1) or `--ray [ADDRESS]` on every video of `args.video`
-    (one store each). Prints one line per store; returns the exit code."""
-    n_workers = args.workers or default_workers(recipe, args.device)
-    if n_workers < 1:
-        raise VreError(f"--workers must be at least 1, got {args.workers}")
-    pairs = [(Path(v).resolve(), Path(args.output or Path.cwd() / f"{Path(v).stem}.zarr").resolve())
-             for v in args.video]
-    stores = [out for _, out in pairs]
-    for out in stores:
-        if stores.count(out) > 1:
-            clash = [str(v) for v, o in pairs if o == out]
-            raise VreError(f"{' and '.join(clash)} would both be stored in {out}; run them separately "
-                           f"with -o")
-    options = RunOptions(only=tuple(args.only or ()), overwrite=args.overwrite, device=args.device,
-                         on_error=args.on_error, progress=not args.quiet)
+def run_parallel(recipe: Recipe, targets: Sequence[tuple[Path, Path]],
+                 options: RunOptions) -> list[tuple[Path, RunStats]]:
+    """`vre run` with `options.workers` > 1 local workers, or on Ray (`options.ray`), over every
+    (video, store) pair of `targets` (`runner.store_paths`). Returns (store, its statistics) per
+    pair, each with the whole run's wall time; skipped experts are recorded in their stores."""
     t_start = time.perf_counter()
-    videos = [open_video(video, out) for video, out in pairs]  # a bad video fails before any store exists
-    pool = _Pool(n_workers) if args.ray is None else None  # starts up while the stores are prepared
+    pool = _Pool(options.workers) if options.ray is None else None  # starts while stores are prepared
     try:
         with contextlib.ExitStack() as held:
             run = _Run(recipe, [], [], [], options)
-            for (path, out), video in zip(pairs, videos):
-                fresh = not Path(out).exists()
-                held.enter_context(StoreLock(out))
-                frames = None
-                if args.frames or args.stride != 1:
-                    frames = parse_frames(args.frames, args.stride, video.n_frames)
-                with discarded_on_error(Path(out), fresh):
-                    prepared = prepare(recipe, video, out, replace(options, frames=frames))
-                run.targets.append(Target(str(path), str(out), tuple(prepared.size)))
-                run.prepared.append(prepared)
-                run.stats.append(RunStats())
+            with contextlib.ExitStack() as refused:  # before any frame: no store made here is left
+                opened = []
+                for video_path, out in targets:
+                    video, store, frames, fresh = open_target(video_path, Path(out).resolve(), options, held)
+                    refused.enter_context(discarded_on_error(store.path, fresh))
+                    opened.append((video_path, video, store, frames))
+                for video_path, video, store, frames in opened:
+                    prepared = prepare(recipe, video, store, frames, options)
+                    run.targets.append(Target(str(Path(video_path).resolve()), str(store.path),
+                                              tuple(prepared.size)))
+                    run.prepared.append(prepared)
+                    run.stats.append(RunStats())
             if pool is not None:
                 held.callback(pool.close)  # workers end before the locks are released
                 if run.n_units:
                     pool.run(run)
             elif run.n_units:
-                _run_ray(run, args.ray, n_workers)
+                _run_ray(run, options.ray, options.workers)
             for prepared, stats in zip(run.prepared, run.stats):
-                if stats.skipped:
-                    prepared.store.record_skips(stats.skipped)
+                prepared.store.record_skips(stats.skipped)
     finally:
         if pool is not None:
             pool.close()
@@ -353,16 +339,9 @@ def run_parallel(recipe: Recipe, args) -> int:
         reason = str(first).rsplit(" (", 1)[0]  # the worker's own count of frames does not apply
         raise DecodeError(f"{reason} ({total} frames were processed and stored; the frames from "
                           f"{first.frame} on were not)", first.frame)
-    code = 0
-    for target, stats in zip(run.targets, run.stats):
-        if stats.frames == 0 and not stats.skipped:
-            print(f"{target.store}: nothing to do (every asked frame is already stored)")
-        else:
-            print(f"{target.store}: {stats.frames} frames in {wall:.1f} s ({stats.frames / wall:.1f} frames/s)")
-        for name, why in stats.skipped.items():
-            print(f"skipped expert '{name}': {why}", file=sys.stderr)
-            code = 3
-    return code
+    for stats in run.stats:
+        stats.wall = wall
+    return [(Path(t.store), stats) for t, stats in zip(run.targets, run.stats)]
 
 
 def _worker_spec(run: _Run, threads: int | None) -> WorkerSpec:
@@ -377,7 +356,7 @@ def _worker_spec(run: _Run, threads: int | None) -> WorkerSpec:
 
 def _bar(run: _Run):
     desc = Path(run.targets[0].store).name if len(run.targets) == 1 else f"{len(run.targets)} videos"
-    return _progress_bar(sum(j.n_frames for j in run.jobs), desc, run.options.progress)
+    return progress_bar(sum(j.n_frames for j in run.jobs), desc, run.options.progress)
 
 
 # ---------------------------------------------------------------------------------------- local processes

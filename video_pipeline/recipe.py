@@ -2,7 +2,9 @@
 
 Validation instantiates every expert (cheap: models load later, in `setup`) and asks each for its
 output spec given its dependencies' specs, so wrong parameters, unknown classes and bad dependency
-kinds are all reported as `FILE:LINE: what is wrong` before a single frame is decoded.
+kinds are all reported as `FILE:LINE: what is wrong` before a single frame is decoded. A run sets up
+those same instances (`ExpertSpec.expert`) and reuses the weights validation resolved
+(`Recipe.resolve_weights`): each expert is built once, each weight resolved once.
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ class ExpertSpec:
     # why `output` is unknown (None): its weights could not be resolved at validation time. The
     # error is raised only if a run needs this expert, so other experts of the recipe still run.
     pending_error: str | None = field(default=None, compare=False)
+    # the instance validation built, bound and asked for `output` (None while `output` is): the
+    # run sets this one up rather than building another
+    expert: Expert | None = field(default=None, compare=False, repr=False)
 
     def identity(self) -> dict:
         """What defines the stored data (device and batch size do not). The codec is part of it
@@ -77,6 +82,20 @@ class Recipe:
     device: str
     plugins: tuple[str, ...]
     experts: dict[str, ExpertSpec]
+    # name -> weights.ResolvedWeights, filled by validation and `resolve_weights` (one resolution each)
+    resolved: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def resolve_weights(self, name: str):
+        """The resolved weights of expert `name` (None when it takes none), resolved once per recipe:
+        a file's checksum is computed once, a download made once. Raises WeightsError."""
+        spec = self.experts[name]
+        if spec.weights is None:
+            return None
+        if name not in self.resolved:
+            from video_pipeline.weights import resolve
+
+            self.resolved[name] = resolve(spec.weights, expert=name, base_dir=self.path.parent)
+        return self.resolved[name]
 
     def to_dict(self) -> dict:
         """The resolved recipe as stored in the store's attrs."""
@@ -172,14 +191,16 @@ def parse_recipe(data: LineDict, path: Path) -> Recipe:
         fail(raw[err.cycle[0]].line_of("deps"), f"{err} (remove one of these deps)")
 
     resolved: dict[str, ExpertSpec] = {}
+    weights: dict = {}
     for name in order:
-        resolved[name] = _expert_spec(name, raw[name], resolved, path, fail, codec)
+        resolved[name] = _expert_spec(name, raw[name], resolved, path, fail, codec, weights)
     return Recipe(path=path, resolution=resolution, shard_frames=int(shard_frames), device=device,
-                  plugins=tuple(plugins), experts=resolved)
+                  plugins=tuple(plugins), experts=resolved, resolved=weights)
 
 
 def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: Path, fail,
-                 default_codec: CodecSpec) -> ExpertSpec:
+                 default_codec: CodecSpec, resolved_weights: dict) -> ExpertSpec:
+    """Validate one expert entry; weights it resolves are added to `resolved_weights` (name -> ResolvedWeights)."""
     line = spec.line
     type_name = spec["type"]
     if not isinstance(type_name, str):
@@ -230,10 +251,11 @@ def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: P
     if cls.n_deps is not None and len(deps) != cls.n_deps:
         fail(spec.line_of("deps") if "deps" in spec else line,
              f"experts.{name}: {type_name} needs exactly {cls.n_deps} dependenc{'y' if cls.n_deps == 1 else 'ies'}, got {len(deps)}")
-    def spec_with(output, pending=None):
+    def spec_with(output, pending=None, expert=None):
         return ExpertSpec(name=name, type=type_name, deps=deps, params=resolved_params, weights=weights,
                           batch_size=int(batch_size), device=device, dtype=dtype, resolution=resolution,
-                          line=line, output=output, pending_error=pending, codec=codec or DEFAULT_CODEC)
+                          line=line, output=output, pending_error=pending, codec=codec or DEFAULT_CODEC,
+                          expert=expert)
 
     pending = next((done[d].pending_error for d in deps if done[d].output is None), None)
     if pending is not None:
@@ -253,9 +275,10 @@ def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: P
         from video_pipeline.weights import resolve
 
         try:
-            weights_path = resolve(weights, expert=name, base_dir=path.parent).path
+            resolved_weights[name] = resolve(weights, expert=name, base_dir=path.parent)
         except WeightsError as err:  # only an error once a run needs this expert (see runner.prepare)
             return spec_with(None, f"{path}:{spec.line_of('weights') or line}: {err}")
+        weights_path = resolved_weights[name].path
     expert.bind(name, deps, weights, weights_path, dtype)
     try:
         output = expert.output(dep_specs)
@@ -265,12 +288,12 @@ def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: P
         fail(line, f"experts.{name}: {type_name}.output() must return an OutputSpec")
     if codec is None:  # the recipe-wide codec where it can store this output, else the default
         fits = _fits(default_codec, output)
-        return replace(spec_with(output), codec=default_codec if fits else DEFAULT_CODEC)
+        return replace(spec_with(output, expert=expert), codec=default_codec if fits else DEFAULT_CODEC)
     try:
         check_codec(codec, output.dtype, output.channels)
     except ValueError as err:
         fail(spec.line_of("codec"), f"experts.{name}.codec: {err}")
-    return spec_with(output)
+    return spec_with(output, expert=expert)
 
 
 def _fits(codec: CodecSpec, output: OutputSpec) -> bool:

@@ -1,5 +1,12 @@
 """Pipeline: one decode pass, every expert in dependency order per shard, threaded shard writes.
 
+The front door: the CLI makes one `RunOptions` and the list of (video, store) pairs (`store_paths`)
+once, then calls `run` per video (or `parallel.run_parallel` with all of them). For each video,
+`open_target` locks and opens the store once and demuxes the video once (not at all when the store
+holds the frame index of this very file), `prepare` plans and resolves the weights (each once, see
+`Recipe.resolve_weights`), and `execute` runs units with loaded experts: the single-process run,
+worker processes and Ray actors all call it.
+
 Where a frame goes:
   1. `plan()` decides, per store shard, which frames each expert computes (not yet durable, or
      --overwrite) and which dependency frames are read back from the store (stored by an earlier run).
@@ -11,6 +18,7 @@ Where a frame goes:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -35,7 +43,7 @@ from video_pipeline.graph import closure, dependents
 from video_pipeline.imageops import resize
 from video_pipeline.recipe import ExpertSpec, Recipe, sha256_of
 from video_pipeline.store import ArraySpec, VideoStore, shard_groups
-from video_pipeline.video import FrameBatch, FrameIndex, Video, fingerprint
+from video_pipeline.video import FrameBatch, FrameIndex, Video, fingerprint, parse_frames
 
 ON_ERROR = ("stop", "skip")
 
@@ -44,7 +52,9 @@ ON_ERROR = ("stop", "skip")
 class RunOptions:
     """What `vre run` was asked beyond the recipe."""
 
-    frames: np.ndarray | None = None        # int64 [K] sorted frame indices; None = every frame
+    frames: np.ndarray | None = None        # int64 [K] sorted frame indices; None = see frame_spec
+    frame_spec: tuple[str, ...] = ()         # --frames tokens (A..B, numbers), read against each video
+    stride: int = 1                          # --stride: every k-th frame of the selection
     only: tuple[str, ...] = ()               # compute only these experts (and missing deps)
     overwrite: bool = False
     device: str | None = None                # overrides the recipe's default device
@@ -52,6 +62,16 @@ class RunOptions:
     progress: bool = True
     write_threads: int = 2
     queue_size: int = 2
+    workers: int = 1                         # local worker processes (parallel.py when > 1)
+    ray: str | None = None                   # Ray cluster address ("auto": find or start one)
+
+    def selected(self, n_frames: int) -> np.ndarray:
+        """int64 [K]: the sorted frame indices to run of a video of `n_frames` frames."""
+        if self.frames is not None:
+            return np.asarray(self.frames, np.int64)
+        if self.frame_spec or self.stride != 1:
+            return parse_frames(list(self.frame_spec), self.stride, n_frames)
+        return np.arange(n_frames, dtype=np.int64)
 
 
 @dataclass
@@ -134,31 +154,29 @@ def array_spec(spec: ExpertSpec, weights_attrs: dict | None) -> ArraySpec:
 
 
 def resolve_weights(recipe: Recipe, names: list[str]) -> dict:
-    """Resolve the weights of experts `names` (name -> ResolvedWeights or None); fails fast."""
+    """The resolved weights of experts `names` (name -> ResolvedWeights or None); fails fast."""
     out = {}
     for name in names:
-        spec = recipe.experts[name]
-        if spec.weights is None:
-            out[name] = None
-            continue
-        from video_pipeline import weights as weights_mod
-
         try:
-            out[name] = weights_mod.resolve(spec.weights, expert=name, base_dir=recipe.path.parent)
+            out[name] = recipe.resolve_weights(name)
         except WeightsError as err:
-            raise WeightsError(f"{recipe.path}:{spec.line}: {err}") from None
+            raise WeightsError(f"{recipe.path}:{recipe.experts[name].line}: {err}") from None
     return out
 
 
 def load_experts(recipe: Recipe, names: list[str], weights: Mapping, device: str | None) -> dict[str, Expert]:
-    """Instantiate, bind and set up the experts `names` with their resolved `weights`."""
+    """Bind and set up the experts `names` with their resolved `weights`: the instances validation
+    built (already configured by their `output`), or fresh ones for experts it could not finish."""
     experts = {}
     for name in names:
         spec = recipe.experts[name]
         w = weights.get(name)
-        expert = spec.build().bind(name, spec.deps, spec.weights, w.path if w else None, spec.dtype)
-        # experts may configure themselves from their dependencies' specs (as during validation)
-        expert.output({d: recipe.experts[d].output for d in spec.deps})
+        expert = spec.expert
+        if expert is None:
+            expert = spec.build()
+        expert.bind(name, spec.deps, spec.weights, w.path if w else None, spec.dtype)
+        if spec.expert is None:  # experts configure themselves from their dependencies' specs
+            expert.output({d: recipe.experts[d].output for d in spec.deps})
         dev = resolve_device(spec.device or device or recipe.device) if expert.uses_torch else "cpu"
         try:
             expert.setup(dev)
@@ -169,6 +187,17 @@ def load_experts(recipe: Recipe, names: list[str], weights: Mapping, device: str
                               f"{type(err).__name__}: {err}") from err
         experts[name] = expert
     return experts
+
+
+@contextlib.contextmanager
+def loaded_experts(recipe: Recipe, names: list[str], weights: Mapping, device: str | None):
+    """`load_experts` for the body of a `with`; every expert is torn down at its end."""
+    experts = load_experts(recipe, names, weights, device)
+    try:
+        yield experts
+    finally:
+        for expert in experts.values():
+            expert.teardown()
 
 
 def check_output(spec: ExpertSpec, out, n: int, size: tuple[int, int], frames: np.ndarray) -> np.ndarray:
@@ -388,13 +417,11 @@ def same_weights(spec: ExpertSpec, recipe: Recipe, store: VideoStore) -> bool:
     recipe may name one file differently (relative or absolute, a moved recipe, a copy elsewhere)."""
     if spec.weights is None or spec.name not in store.names:
         return False
-    from video_pipeline import weights as weights_mod
-
     made_with = (dict(store.array(spec.name).attrs).get("weights") or {}).get("sha256")
     if not made_with:
         return False
     try:
-        return weights_mod.resolve(spec.weights, expert=spec.name, base_dir=recipe.path.parent).sha256 == made_with
+        return recipe.resolve_weights(spec.name).sha256 == made_with
     except VreError:
         return False
 
@@ -449,11 +476,52 @@ class Prepared:
     weights: dict[str, object]           # name -> ResolvedWeights (or None)
 
 
-def prepare(recipe: Recipe, video: Video, out: str | Path, options: RunOptions) -> Prepared:
-    """Everything before the first decoded frame; call with the store's lock held.
+def store_paths(videos: list[str | Path], output: str | Path | None) -> list[tuple[Path, Path]]:
+    """The (video, store) pairs of `vre run VIDEO... [-o OUT]`: `-o` names the store of a single
+    video; without it each video goes to `<stem>.zarr` in the working directory."""
+    if len(videos) > 1 and output:
+        raise VreError("-o names one store; with several videos, omit it (each gets <stem>.zarr)")
+    pairs = [(Path(v), Path(output) if output else Path.cwd() / f"{Path(v).stem}.zarr") for v in videos]
+    stores = [out.resolve() for _, out in pairs]
+    for out in stores:
+        if stores.count(out) > 1:
+            clash = [str(v) for (v, _), o in zip(pairs, stores) if o == out]
+            raise VreError(f"{' and '.join(clash)} would both be stored in {out}; run them separately "
+                           f"with -o")
+    return pairs
 
-    `video` comes from `open_video` (reusing the store's frame index). Checks the recipe against the store, records the metadata and frame index, plans the units,
-    resolves every needed weight (so a missing one fails before decoding) and creates the arrays.
+
+def open_target(video_path: str | Path, out: Path, options: RunOptions,
+                held: contextlib.ExitStack) -> tuple[Video, VideoStore, np.ndarray, bool]:
+    """Lock and open the store of a run, open its video and select the frames to run; the last
+    value says whether this call made the store (see `discarded_on_error`).
+
+    The store is opened once and the video demuxed once (not at all when the store holds the frame
+    index of this very file). A bad video or frame selection fails before any store is created.
+    The lock is released when `held` closes.
+    """
+    out = Path(out)
+    store = None
+    if (out / "zarr.json").is_file():
+        held.enter_context(StoreLock(out))
+        store = VideoStore.open(out, mode="a")
+    video = open_video(video_path, store)
+    frames = options.selected(video.n_frames)
+    fresh = store is None and not out.exists()
+    if store is None:
+        held.enter_context(StoreLock(out))
+        with discarded_on_error(out, fresh):
+            store = VideoStore.open(out, mode="a")
+    return video, store, frames, fresh
+
+
+def prepare(recipe: Recipe, video: Video, store: VideoStore, frames: np.ndarray,
+            options: RunOptions) -> Prepared:
+    """Everything before the first decoded frame, on the store `open_target` opened (lock held).
+
+    Checks the recipe against the store, records the metadata and frame index, plans the units for
+    `frames`, resolves every needed weight (so a missing one fails before decoding) and creates
+    the arrays.
     """
     for name in options.only:
         if name not in recipe.experts:
@@ -461,9 +529,7 @@ def prepare(recipe: Recipe, video: Video, out: str | Path, options: RunOptions) 
                            f"(it has: {', '.join(recipe.experts)})")
     if options.on_error not in ON_ERROR:
         raise VreError(f"--on-error must be one of {', '.join(ON_ERROR)}")
-    out = Path(out)
     size = recipe.resolution or (video.height, video.width)
-    store = VideoStore.open(out, mode="a")
     asked = set(options.only) if options.only else set(recipe.experts)
     info = video_facts(video)
     merged = reconcile(recipe, store, info, size, asked if options.overwrite else set())
@@ -483,7 +549,6 @@ def prepare(recipe: Recipe, video: Video, out: str | Path, options: RunOptions) 
     if store.load_index() is None:
         store.save_index(video.index.to_arrays(), video.index.time_base)
     check_stored_data(store)
-    frames = options.frames if options.frames is not None else np.arange(video.n_frames)
     units = plan(recipe, store, frames, options.only, options.overwrite)
     for name in closure(asked, recipe.deps):
         if recipe.experts[name].output is None:  # weights that validation could not resolve
@@ -496,32 +561,22 @@ def prepare(recipe: Recipe, video: Video, out: str | Path, options: RunOptions) 
     return Prepared(store, video, size, units, computing, weights)
 
 
-def execute(recipe: Recipe, prepared: Prepared, units: list[Unit], options: RunOptions,
-            stats: RunStats) -> None:
-    """Load the experts, run `units`, free the experts. Any backend's worker calls this."""
-    experts = load_experts(recipe, prepared.computing, prepared.weights, options.device)
-    try:
-        _execute(recipe, experts, prepared.video, prepared.store, units, prepared.size, options, stats)
-    finally:
-        for expert in experts.values():
-            expert.teardown()
-
-
 def run(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOptions | None = None) -> RunStats:
-    """`vre run` on one video: compute what the recipe asks and the store lacks, one decode pass.
+    """`vre run` on one video in this process: compute what the recipe asks and the store lacks,
+    one decode pass. Skipped experts (`--on-error skip`) are in the returned stats and the store.
 
     Raises VreError subclasses for everything a user can cause; every finished shard is kept.
     """
     options = options or RunOptions()
     t_start = time.perf_counter()
     stats = RunStats()
-    video = open_video(video_path, Path(out))  # a bad video fails before any store is created
-    fresh = not Path(out).exists()
-    with StoreLock(Path(out)):
-        with discarded_on_error(Path(out), fresh):
-            prepared = prepare(recipe, video, out, options)
+    with contextlib.ExitStack() as held:
+        video, store, frames, fresh = open_target(video_path, Path(out), options, held)
+        with discarded_on_error(store.path, fresh):
+            prepared = prepare(recipe, video, store, frames, options)
         if prepared.units:
-            execute(recipe, prepared, prepared.units, options, stats)
+            with loaded_experts(recipe, prepared.computing, prepared.weights, options.device) as experts:
+                execute(recipe, experts, video, store, prepared.units, prepared.size, options, stats)
     stats.wall = time.perf_counter() - t_start
     return stats
 
@@ -593,13 +648,12 @@ def check_same_video(store: VideoStore, info: dict) -> None:
                          f"mixes two videos: use another -o")
 
 
-def open_video(video_path: str | Path, out: Path) -> Video:
-    """Open the video, reusing the frame index stored by an earlier run on the same file."""
+def open_video(video_path: str | Path, store: VideoStore | None) -> Video:
+    """Open the video, reusing the frame index `store` keeps from an earlier run on the same file."""
     video_path = Path(video_path)
     index = None
-    if (out / "zarr.json").is_file() and video_path.exists():
+    if store is not None and video_path.exists():
         try:
-            store = VideoStore.open(out, "r")
             stored = store.load_index()
             meta_video = store.meta.get("video", {})
             st = video_path.stat()
@@ -611,14 +665,15 @@ def open_video(video_path: str | Path, out: Path) -> Video:
     return video
 
 
-def _execute(recipe: Recipe, experts: Mapping[str, Expert], video: Video, store: VideoStore,
-             units: list[Unit], size: tuple[int, int], options: RunOptions, stats: RunStats) -> None:
-    """Decode, compute and write `units`; finished units stay durable whatever happens next."""
+def execute(recipe: Recipe, experts: Mapping[str, Expert], video: Video, store: VideoStore,
+            units: list[Unit], size: tuple[int, int], options: RunOptions, stats: RunStats) -> None:
+    """Decode, compute and write `units` with loaded `experts`; finished units stay durable whatever
+    happens next. Every backend runs its units through this (`run`, worker processes, Ray actors)."""
     executor = UnitExecutor(recipe, experts, size, store, options.on_error, stats)
     writer = ShardWriter(store, options.write_threads, stats)
     with_next = any(experts[n].needs_next_frame for n in experts)
     total = sum(len(u.frames) for u in units)
-    bar = _progress_bar(total, store.path.name, options.progress)
+    bar = progress_bar(total, store.path.name, options.progress)
     batches: Iterator[FrameBatch] = video.batches([u.frames for u in units], size=size,
                                                   with_next=with_next, queue_size=options.queue_size)
     decode_error: DecodeError | None = None
@@ -654,7 +709,7 @@ def _execute(recipe: Recipe, experts: Mapping[str, Expert], video: Video, store:
                           f"the rest of the video was not)", decode_error.frame)
 
 
-def _progress_bar(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True,

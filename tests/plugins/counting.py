@@ -73,3 +73,36 @@ class FailAt(Expert):
                 return np.zeros((len(frames), 3, 3), np.float32)
             raise RuntimeError("boom")
         return np.zeros((len(frames), *frames.shape[1:3], 1), np.float32)
+
+
+BUILT: dict[str, int] = {}  # expert class name -> instances made, in this process
+
+
+@register_expert("test/weighted")
+class Weighted(Expert):
+    """Writes the number its weights file (text) holds: float16 [N,H,W,1]. Its `output` reads the
+    weights, so validation resolves them."""
+
+    output_needs_weights = True
+
+    def __init__(self):
+        BUILT[type(self).__name__] = BUILT.get(type(self).__name__, 0) + 1
+        self.value = None
+
+    def output(self, deps):
+        return OutputSpec(channels=1, kind="features")
+
+    def setup(self, device):
+        super().setup(device)
+        self.value = float(open(self.weights_path).read())
+
+    def __call__(self, frames, deps):
+        _log(self.name, len(frames))
+        return np.full((*frames.shape[:3], 1), self.value, np.float16)
+
+
+@register_expert("test/weighted-late")
+class WeightedLate(Weighted):
+    """`test/weighted` whose `output` does not read the weights: the run resolves them."""
+
+    output_needs_weights = False

@@ -19,6 +19,7 @@ NVML is read through ctypes from the driver's libnvidia-ml: no extra package.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import shutil
@@ -33,9 +34,8 @@ import numpy as np
 
 from video_pipeline.errors import VreError
 from video_pipeline.recipe import load_recipe
-from video_pipeline.runner import (RunOptions, RunStats, StoreLock, Unit, UnitExecutor, _execute,
-                                   load_experts, open_video, prepare)
-from video_pipeline.video import parse_frames
+from video_pipeline.runner import (RunOptions, RunStats, Unit, UnitExecutor, execute, load_experts, open_target,
+                                   prepare)
 
 SAMPLE_S = 0.05
 
@@ -158,11 +158,10 @@ def measure(recipe_path, video_path, frames=None, device: str | None = None) -> 
     tmp = Path(tempfile.mkdtemp(prefix="vre-bench-gpu-"))
     out = tmp / "bench.zarr"
     try:
-        video = open_video(video_path, out)
-        selected = parse_frames(frames, 1, video.n_frames) if frames else None
-        options = RunOptions(frames=selected, device=device, progress=False)
-        with StoreLock(out):
-            prepared = prepare(recipe, video, out, options)
+        options = RunOptions(frame_spec=tuple(frames or ()), device=device, progress=False)
+        with contextlib.ExitStack() as held:
+            video, store, selected = open_target(video_path, out, options, held)
+            prepared = prepare(recipe, video, store, selected, options)
             units, size = prepared.units, prepared.size
             t0 = time.perf_counter()
             experts = load_experts(recipe, prepared.computing, prepared.weights, device)
@@ -184,7 +183,7 @@ def measure(recipe_path, video_path, frames=None, device: str | None = None) -> 
                 stats = RunStats()
                 with GpuSampler() as sampler:
                     t0 = time.perf_counter()
-                    _execute(recipe, experts, video, prepared.store, units, size, options, stats)
+                    execute(recipe, experts, video, prepared.store, units, size, options, stats)
                     _sync()
                     pipeline_s = time.perf_counter() - t0
                 forward_pipeline_s = timer.seconds()
