@@ -86,6 +86,10 @@ def expected_work(done: dict[str, np.ndarray], names: list[str]) -> int:
     return int(missing.sum())
 
 
+class KillMissed(AssertionError):
+    """The run ended before its `kill_after` delay: nothing was killed."""
+
+
 def kill_and_resume(harness, setup, tmp_path, case: str, stop: dict | None = None,
                     kill_after: float | None = None, recipe: str = "r.yaml", base: Path | None = None,
                     first: list[str] | None = None) -> dict:
@@ -106,6 +110,8 @@ def kill_and_resume(harness, setup, tmp_path, case: str, stop: dict | None = Non
     killed = harness.run(argv, stop=stop, kill_after=kill_after)
     if stop is not None:
         assert killed["outcome"] == "stopped-and-killed", f"{case}: the kill point was not reached: {killed}"
+    if kill_after is not None and killed["outcome"] != "killed":
+        raise KillMissed(f"{case}: the run was not killed: {killed['outcome']} after {killed['seconds']} s")
     # what the kill left: flags that tell the truth, a store that `vre inspect` reads or refuses cleanly
     done = storecheck.durable(out, ref)
     if (out / "zarr.json").is_file():
@@ -174,9 +180,21 @@ def test_killed_while_rewriting_a_shard_that_holds_finished_frames(harness, setu
 
 @pytest.mark.parametrize("seed", range(3))
 def test_run_killed_at_a_random_moment_resumes_to_the_reference(harness, setup, tmp_path, seed):
-    """SIGKILL from outside after a random delay (no cooperation from the child)."""
+    """SIGKILL from outside after a random delay (no cooperation from the child), drawn within the
+    reference run's duration. A run that ends before its delay killed nothing: it is run again on a
+    fresh store with half the delay, so the test always checks a kill."""
     delay = random.Random(seed).uniform(0.05, setup["seconds"])
-    kill_and_resume(harness, setup, tmp_path, f"random moment {delay:.2f} s", kill_after=delay)
+    for attempt in range(6):
+        folder = tmp_path / f"attempt{attempt}"
+        folder.mkdir()
+        try:
+            figures = kill_and_resume(harness, setup, folder, f"random moment {delay:.2f} s", kill_after=delay)
+        except KillMissed:
+            delay /= 2
+            continue
+        assert figures["outcome"] == "killed"
+        return
+    pytest.fail(f"no run was killed, the last after {delay * 2:.3f} s")
 
 
 @pytest.mark.parametrize("seed", [pytest.param(s, marks=SOAK) for s in range(3, 40)])
