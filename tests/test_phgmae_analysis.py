@@ -147,3 +147,24 @@ def test_importance_leaves_out_always_visible_inputs(tmp_path):
     store = small_store(tmp_path / "s.zarr", n=2)
     result = analysis.importance(load(tiny_checkpoint(tmp_path / "m.ckpt")), [store], frames="0..2", masks=4)
     assert result["inputs"] == ["depth"] and result["targets"] == ["depth", "semantic_output"]
+
+
+def test_loss_matrix_and_per_location_importance(trained, tmp_path, capsys):
+    """MR-MAE's loss matrix: the semantic loss with rgb alone visible is far below noise alone; the
+    per-pixel importance of rgb for the semantic node is positive where it is measured, above noise."""
+    store, ckpt = trained
+    m = analysis.loss_matrix(load(ckpt), [store])
+    assert m["columns"] == ["rgb", "noise"] and m["targets"] == ["rgb", "noise", "semantic_output"]
+    sem = dict(zip(m["columns"], m["loss"][2]))
+    assert sem["rgb"] < 0.5 * sem["noise"] and m["loss"][0][0] is None
+    args = argparse.Namespace(analysis="importance", checkpoint=str(ckpt), store=[str(store)], output=str(tmp_path),
+                              frames=None, masks=6, ensemble_k=0, seed=0, batch_size=2, device="cpu",
+                              map="semantic_output")
+    assert analysis.main(args) == 0
+    maps = np.load(tmp_path / "importance_map_semantic_output.npz")
+    assert maps["rgb"].shape == (24, 32) and np.nanmean(maps["rgb"]) > 0.5
+    assert np.nanmean(maps["rgb"]) > 4 * abs(np.nanmean(maps["noise"]))
+    assert Image.open(tmp_path / "importance_map_semantic_output_rgb.png").size == (32, 24)
+    args.analysis, args.map = "loss-matrix", None
+    assert analysis.main(args) == 0
+    assert (tmp_path / "loss_matrix.csv").read_text().startswith("target,rgb,noise")

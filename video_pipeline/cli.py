@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     an = sub.add_parser("analyze", help="modality importance, robustness curves, agreement of two modalities")
     ans = an.add_subparsers(dest="analysis", required=True)
     for kind, text in (("importance", "validation loss of each target with each input visible vs masked"),
-                       ("robustness", "target metric as the number of masked inputs grows")):
+                       ("robustness", "target metric as the number of masked inputs grows"),
+                       ("loss-matrix", "loss of each target with one input alone visible (MR-MAE)")):
         a = ans.add_parser(kind, help=text)
         a.add_argument("checkpoint")
         a.add_argument("store", nargs="+")
@@ -381,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--frames", nargs="+", metavar="A..B|I")
         a.add_argument("--masks", type=int, default=16, help="random masks (importance) or subsets per level")
         a.add_argument("--ensemble-k", type=int, default=0, help="robustness: also score a K-pass ensemble")
+        a.add_argument("--map", metavar="TARGET", help="importance: also per-pixel maps for this target node")
         a.add_argument("--seed", type=int, default=0)
         a.add_argument("--batch-size", type=int, default=4)
         a.add_argument("--device")

@@ -124,6 +124,118 @@ def importance(loaded: Loaded, paths: Sequence[Path], frames=None, masks: int = 
             "masks": masks, "frames": frames}
 
 
+def loss_matrix(loaded: Loaded, paths: Sequence[Path], frames=None, batch_size: int = 2) -> dict:
+    """MR-MAE's loss matrix: the loss of every target node n when one input m alone is visible
+    (besides the always-visible nodes), and when none is (the always-visible nodes alone, a column
+    only when there are any). Low: m alone predicts n well.
+
+    Returns {targets, columns: [m ... (, "always-visible only")], loss: [[float | None]] (targets x
+    columns; None where n is m or nothing counted), frames}.
+    """
+    layout = loaded.layout
+    stores = [VideoStore.open(p) for p in paths]
+    have = stored_nodes(loaded, stores)
+    policy = ensemble_policy(layout, [n for n in layout.names if n not in have], loaded.masking)
+    inputs = [n for n in have if n in policy.free]
+    targets = [n for n in have if n not in policy.always_visible]
+    if not inputs or not targets:
+        raise VreError(f"{loaded.path}: the loss matrix needs inputs the training masking may show and hide, "
+                       f"and targets it hides, among those in the stores ({', '.join(have)})")
+    col = {n: i for i, n in enumerate(layout.names)}
+    columns = [*inputs, *(["always-visible only"] if policy.always_visible else [])]
+    masks = torch.ones(len(columns), len(layout.names), dtype=torch.bool)            # [U, M]
+    for n in policy.always_visible:
+        masks[:, col[n]] = False
+    for i, m in enumerate(inputs):
+        masks[i, col[m]] = False
+    specs = checkpoint_loss_specs(loaded)
+    num = np.zeros((len(targets), len(columns)))
+    den = np.zeros((len(targets), len(columns)))
+    frames = default_frames(loaded, frames)
+    for _, x, present, batch in _batches(loaded, paths, have, frames, batch_size):
+        truth = node_targets(batch, layout, x.device)
+        for start in range(0, len(columns), CHUNK):
+            raw = run_passes(loaded.model, x, present, masks[start:start + CHUNK], layout, targets)
+            for j in range(raw[targets[0]].shape[0]):
+                for t, n in enumerate(targets):
+                    if start + j < len(inputs) and inputs[start + j] == n:
+                        continue
+                    value, weight = node_loss(specs[n], raw[n][j], truth[n], present[:, col[n]])
+                    num[t, start + j] += float(value) * float(weight)
+                    den[t, start + j] += float(weight)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)
+    return {"targets": targets, "columns": columns,
+            "loss": [[None if not np.isfinite(v) else float(v) for v in row] for row in loss], "frames": frames}
+
+
+def importance_map(loaded: Loaded, paths: Sequence[Path], target: str, frames=None, masks: int = 16,
+                   seed: int = 0, batch_size: int = 2) -> dict:
+    """Where each input helps one target: per pixel, the target's loss with the input masked minus
+    visible (paired over base masks of the training policy that hide the target, as `importance`),
+    averaged over frames and masks. Returns {target, inputs, maps: float32 [F, H, W] (one per
+    input, at the model's size; NaN where nothing counted), frames}."""
+    from video_pipeline.phgmae.losses import pixel_loss
+
+    layout = loaded.layout
+    stores = [VideoStore.open(p) for p in paths]
+    have = stored_nodes(loaded, stores)
+    policy = ensemble_policy(layout, [n for n in layout.names if n not in have], loaded.masking)
+    inputs = [n for n in have if n in policy.free and n != target]
+    if target not in have or target in policy.always_visible or not inputs:
+        raise VreError(f"{loaded.path}: a map needs a target the training masking hides ('{target}': nodes "
+                       f"{', '.join(have)}) and an input it may show and hide")
+    col = {n: i for i, n in enumerate(layout.names)}
+    base = sample_mask(masks, policy, torch.Generator().manual_seed(seed))
+    base = base[base[:, col[target]]]                                                # the target hidden
+    unique, index = paired_masks(base, [col[m] for m in inputs])
+    blind = unique[index[:, :, 1]].all(-1)                                           # [R, F]
+    spec = checkpoint_loss_specs(loaded)[target]
+    num = den = None
+    frames = default_frames(loaded, frames)
+    for _, x, present, batch in _batches(loaded, paths, have, frames, batch_size):
+        truth = node_targets(batch, layout, x.device)[target]
+        per_mask = []
+        for start in range(0, len(unique), CHUNK):
+            raw = run_passes(loaded.model, x, present, unique[start:start + CHUNK], layout, [target])[target]
+            per_mask += [pixel_loss(spec, raw[j], truth) for j in range(raw.shape[0])]    # ([B, H, W], [B, H, W])
+        if num is None:
+            num = torch.zeros(len(inputs), *truth.shape[-2:], dtype=torch.float64)
+            den = torch.zeros_like(num)
+        keep = present[:, col[target]].float().view(-1, 1, 1)
+        for r in range(len(base)):
+            for f in range(len(inputs)):
+                if blind[r, f]:
+                    continue
+                (lv, wv), (lh, wh) = per_mask[int(index[r, f, 0])], per_mask[int(index[r, f, 1])]
+                w = wv * wh * keep
+                num[f] += ((lh - lv) * w).sum(0).double().cpu()
+                den[f] += w.sum(0).double().cpu()
+    if num is None:
+        raise VreError(f"no frame to analyse in {', '.join(map(str, paths))} (frames {frames})")
+    maps = torch.where(den > 0, num / den.clamp_min(1e-12), torch.full_like(num, float("nan"))).float().numpy()
+    return {"target": target, "inputs": inputs, "maps": maps, "frames": frames}
+
+
+def write_importance_map(result: Mapping, out: Path) -> list[Path]:
+    """importance_map_<target>.npz (the maps) and one PNG per input: red where masking the input
+    raises the target's loss, blue where it lowers it, white 0 (scaled to the largest magnitude)."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    npz = out / f"importance_map_{result['target']}.npz"
+    np.savez_compressed(npz, **{m: result["maps"][i] for i, m in enumerate(result["inputs"])})
+    files = [npz]
+    scale = float(np.nanmax(np.abs(result["maps"]))) if np.isfinite(result["maps"]).any() else 1.0
+    for i, m in enumerate(result["inputs"]):
+        v = np.nan_to_num(result["maps"][i] / max(scale, 1e-12))                     # [-1, 1]
+        rgb = np.stack([1 - np.clip(-v, 0, 1), 1 - np.abs(v), 1 - np.clip(v, 0, 1)], -1)
+        path = out / f"importance_map_{result['target']}_{m}.png"
+        Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
+        files.append(path)
+    return files
+
+
 def write_importance(result: Mapping, out: Path) -> tuple[Path, Path]:
     """importance.csv (one row per target and input) and importance.png."""
     out.mkdir(parents=True, exist_ok=True)
@@ -370,13 +482,29 @@ def main(args) -> int:
         print(f"{'target':<20}" + "".join(f"{m:>14}" for m in result["inputs"]))
         for n, row in zip(result["targets"], result["importance"]):
             print(f"{n:<20}" + "".join(f"{v:>14.4g}" if v is not None else f"{'-':>14}" for v in row))
+        if getattr(args, "map", None):
+            files = [*files, *write_importance_map(importance_map(loaded, paths, args.map, args.frames, args.masks,
+                                                                  args.seed, args.batch_size), out)]
+    elif args.analysis == "loss-matrix":
+        result = loss_matrix(loaded, paths, args.frames, args.batch_size)
+        path = out / "loss_matrix.csv"
+        out.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["target", *result["columns"]])
+            for n, row in zip(result["targets"], result["loss"]):
+                w.writerow([n, *(_fmt(v) for v in row)])
+        files = [path]
+        print(f"{'target':<20}" + "".join(f"{m:>22}" for m in result["columns"]))
+        for n, row in zip(result["targets"], result["loss"]):
+            print(f"{n:<20}" + "".join(f"{v:>22.4g}" if v is not None else f"{'-':>22}" for v in row))
     else:
         result = robustness(loaded, paths, args.frames, args.masks, args.ensemble_k, args.seed, args.batch_size)
         files = write_robustness(result, out)
         for node, per in result["levels"].items():
             for kind, points in per.items():
                 print(f"{node} {kind}: " + "  ".join(f"{c} masked: {v:.4f}" for c, v in points))
-    (out / f"{args.analysis}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{args.analysis}.json").write_text(json.dumps(result, indent=1, default=lambda a: None))
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
 

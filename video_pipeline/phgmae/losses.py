@@ -48,21 +48,20 @@ class LossSpec:
             raise ValueError(f"loss weight must be >= 0, got {self.weight}")
 
 
-def node_loss(spec: LossSpec, pred: torch.Tensor, target: torch.Tensor,
-              sample_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One node's loss over the selected pixels: (mean float32 [], total weight float32 []).
+def pixel_loss(spec: LossSpec, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One node's loss at every pixel: (loss float32 [B, H, W], weight float32 [B, H, W]); the
+    weight is 0 where the target is missing and the class weight of the label for ce, else 1.
 
     pred: float [B, C, H, W] (logits for ce/kl). target: see LossSpec.type; missing pixels are
-    IGNORE_INDEX (labels) or NaN (floats). sample_weight: float or bool [B], 0 = sample not counted.
+    IGNORE_INDEX (labels) or NaN (floats).
     """
     pred = pred.float()
-    sw = sample_weight.to(pred.device, torch.float32).view(-1, 1, 1)                 # [B, 1, 1]
     if spec.type == "ce":
         classes = pred.shape[1]
         valid = (target >= 0) & (target < classes)                                    # [B, H, W]
         labels = torch.where(valid, target, torch.zeros_like(target)).long()
         per_pixel = F.cross_entropy(pred, labels, reduction="none")                  # [B, H, W]
-        w = valid.float() * sw
+        w = valid.float()
         if spec.class_weights is not None:
             w = w * torch.tensor(spec.class_weights, device=pred.device)[labels]
     elif spec.type == "kl":
@@ -73,13 +72,25 @@ def node_loss(spec: LossSpec, pred: torch.Tensor, target: torch.Tensor,
         log_q = F.log_softmax(probs.clamp_min(1e-8).log() / t, dim=1)                 # [B, K, H, W]
         log_p = F.log_softmax(pred / t, dim=1)
         per_pixel = (log_q.exp() * (log_q - log_p)).sum(1) * t * t                   # [B, H, W]
-        w = valid.float() * sw
+        w = valid.float()
     else:
         valid = torch.isfinite(target).all(1)                                         # [B, H, W]
         tgt = torch.where(valid[:, None], target.float(), pred.detach())
         diff = pred - tgt
         per_pixel = (diff.abs() if spec.type == "l1" else diff.square()).mean(1)      # [B, H, W]
-        w = valid.float() * sw
+        w = valid.float()
+    return per_pixel, w
+
+
+def node_loss(spec: LossSpec, pred: torch.Tensor, target: torch.Tensor,
+              sample_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One node's loss over the selected pixels: (mean float32 [], total weight float32 []).
+
+    pred: float [B, C, H, W] (logits for ce/kl). target: see LossSpec.type; missing pixels are
+    IGNORE_INDEX (labels) or NaN (floats). sample_weight: float or bool [B], 0 = sample not counted.
+    """
+    per_pixel, w = pixel_loss(spec, pred, target)
+    w = w * sample_weight.to(per_pixel.device, torch.float32).view(-1, 1, 1)
     total = w.sum()
     return (per_pixel * w).sum() / total.clamp_min(1e-12), total
 
