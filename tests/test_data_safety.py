@@ -265,3 +265,42 @@ def test_damaged_shards_are_found_and_recomputed(tmp_path, small_clip, capsys):
     storecheck.assert_same_store(out, ref)
     assert vre_main(capsys, "verify", str(out))[0] == 0
     np.testing.assert_array_equal(FrameReader(out, "rgb").read(3), zarr.open_array(str(ref / "rgb"))[3])
+
+
+# ------------------------------------------------------------------------- 7: tiny inputs, bounded cost
+def alias_bomb(levels: int = 9) -> str:
+    """A flow list whose last element expands to 9**levels strings, a few hundred bytes of YAML."""
+    parts = ["&a0 [x, x, x, x, x, x, x, x, x]"]
+    parts += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+@pytest.mark.parametrize("where", ["resolution", "shard_frames", "device", "params"])
+def test_yaml_alias_bombs_end_in_one_short_line(tmp_path, capsys, where):
+    bomb = alias_bomb()
+    experts = "experts:\n  rgb: {type: color/rgb" + (f", params: {{x: {bomb}}}" if where == "params" else "") + "}\n"
+    text = (f"{where}: {bomb}\n" if where != "params" else "") + experts
+    assert len(text) < 600
+    (tmp_path / "bomb.yaml").write_text(text)
+    code, _, err = vre_main(capsys, "run", str(tmp_path / "bomb.yaml"), str(tmp_path / "v.mp4"), "-q")
+    assert code == 2 and len(err) < 400 and "YAML aliases" in err, err[:400]
+    line = 1 if where != "params" else 2
+    assert f"bomb.yaml:{line}:" in err
+    assert not (tmp_path / "v.zarr").exists()
+
+
+def test_error_messages_show_a_bounded_excerpt(tmp_path, capsys):
+    (tmp_path / "long.yaml").write_text("resolution: [" + ", ".join(["12345"] * 20000) + "]\nexperts:\n  rgb: {type: color/rgb}\n")
+    code, _, err = vre_main(capsys, "run", str(tmp_path / "long.yaml"), str(tmp_path / "v.mp4"), "-q")
+    assert code == 2 and "long.yaml:1: resolution must be [HEIGHT, WIDTH]" in err and len(err) < 300, err[:400]
+
+
+def test_a_shard_that_cannot_fit_in_memory_is_refused_with_the_estimate(tmp_path, small_clip, capsys, monkeypatch):
+    from video_pipeline import runner
+
+    monkeypatch.setattr(runner, "physical_memory", lambda: 16 * 2**30)
+    (tmp_path / "big.yaml").write_text("resolution: [16384, 16384]\nshard_frames: 32\nexperts:\n  rgb: {type: color/rgb}\n")
+    code, _, err = vre_main(capsys, "run", str(tmp_path / "big.yaml"), str(small_clip), "-o", str(tmp_path / "s.zarr"), "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "shards of 32 frames at 16384x16384 need about 168.0 GiB" in err and "16.0 GiB" in err
+    assert not (tmp_path / "s.zarr").exists() or not any((tmp_path / "s.zarr").iterdir())

@@ -496,6 +496,15 @@ def frames_last(argv: list[str]) -> list[str]:
     return kept + moved
 
 
+MAX_MESSAGE = 2000  # characters of an error line: a message never floods the terminal
+
+
+def bounded(message: str) -> str:
+    """`message` on one line, cut to MAX_MESSAGE characters."""
+    message = " ".join(message.splitlines())
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + " [...]"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -507,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     except VreError as err:
         if args.debug or os.environ.get("VRE_DEBUG"):
             raise
-        print(f"vre: error: {err}", file=sys.stderr)
+        print(f"vre: error: {bounded(str(err))}", file=sys.stderr)
         return err.exit_code
     except Interrupted as err:
         print(f"vre: {err}", file=sys.stderr)
@@ -520,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug, not a user error: still one line, the traceback on request
         if args.debug or os.environ.get("VRE_DEBUG"):
             raise
-        print(f"vre: internal error: {type(err).__name__}: {err} (rerun with --debug for the "
+        print(f"vre: internal error: {type(err).__name__}: {bounded(str(err))} (rerun with --debug for the "
               f"traceback and report it)", file=sys.stderr)
         return 1
 

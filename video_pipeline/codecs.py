@@ -20,6 +20,7 @@ import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.common import parse_named_configuration
+from video_pipeline.yamlio import excerpt
 
 NAMES = ("zstd", "lz4", "jpegxl")
 LEVELS = {"zstd": (1, 22), "lz4": (1, 9)}
@@ -55,7 +56,7 @@ def parse_codec(value) -> CodecSpec:
         value = {"name": value}
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         raise ValueError(f"must be one of {', '.join(NAMES)} or a mapping like {{name: zstd, level: 3}}, "
-                         f"got {value!r}")
+                         f"got {excerpt(value)}")
     name = value["name"]
     if name not in NAMES:
         raise ValueError(f"unknown codec '{name}' (known: {', '.join(NAMES)})")
@@ -66,7 +67,7 @@ def parse_codec(value) -> CodecSpec:
     if name == "jpegxl":
         effort = value.get("effort", 1)
         if not _int_in(effort, *EFFORTS):
-            raise ValueError(f"jpegxl effort must be an integer in {EFFORTS[0]}..{EFFORTS[1]}, got {effort!r}")
+            raise ValueError(f"jpegxl effort must be an integer in {EFFORTS[0]}..{EFFORTS[1]}, got {excerpt(effort)}")
         try:
             import imagecodecs  # noqa: F401
         except ImportError:
@@ -76,7 +77,7 @@ def parse_codec(value) -> CodecSpec:
     level = value.get("level", 1)
     lo, hi = LEVELS[name]
     if not _int_in(level, lo, hi):
-        raise ValueError(f"{name} level must be an integer in {lo}..{hi}, got {level!r}")
+        raise ValueError(f"{name} level must be an integer in {lo}..{hi}, got {excerpt(level)}")
     return CodecSpec(name, level=level)
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from video_pipeline.quantities import check_quantity
+from video_pipeline.yamlio import excerpt
 
 KINDS = ("image", "depth", "normals", "flow", "semantic", "binary", "features")
 # Storage dtype by kind (design contract): labels and pictures as uint8, the rest float16.
@@ -46,18 +47,18 @@ class OutputSpec:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"OutputSpec.kind must be one of {KINDS}, got {self.kind!r}")
+            raise ValueError(f"OutputSpec.kind must be one of {KINDS}, got {excerpt(self.kind)}")
         if not self.dtype:
             object.__setattr__(self, "dtype", DEFAULT_DTYPE[self.kind])
         if self.dtype not in ("uint8", "float16", "float32"):
-            raise ValueError(f"OutputSpec.dtype must be uint8, float16 or float32, got {self.dtype!r}")
+            raise ValueError(f"OutputSpec.dtype must be uint8, float16 or float32, got {excerpt(self.dtype)}")
         if self.channels < 1:
             raise ValueError(f"OutputSpec.channels must be >= 1, got {self.channels}")
         if self.palette and len(self.palette) != len(self.classes):
             raise ValueError(f"palette has {len(self.palette)} colours for {len(self.classes)} classes")
         check_quantity(self.quantity)
         if self.quantity is not None and self.kind != "depth":
-            raise ValueError(f"OutputSpec.quantity is for depth outputs, not kind {self.kind!r}")
+            raise ValueError(f"OutputSpec.quantity is for depth outputs, not kind {excerpt(self.kind)}")
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "palette", tuple(tuple(int(v) for v in c) for c in self.palette))
 
@@ -148,4 +149,4 @@ class Expert:
         pass
 
     def __repr__(self):
-        return f"{type(self).__name__}(name={self.name!r}, type={self.type_name!r})"
+        return f"{type(self).__name__}(name={excerpt(self.name)}, type={excerpt(self.type_name)})"

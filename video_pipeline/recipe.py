@@ -23,7 +23,7 @@ from video_pipeline.codecs import CodecSpec, check_codec, parse_codec
 from video_pipeline.errors import RecipeError, WeightsError
 from video_pipeline.expert import Expert, OutputSpec
 from video_pipeline.graph import CycleError, topological_order
-from video_pipeline.yamlio import LineDict, load_yaml
+from video_pipeline.yamlio import LineDict, excerpt, load_yaml
 
 TOP_KEYS = {"resolution", "shard_frames", "device", "plugins", "codec", "experts"}
 EXPERT_KEYS = {"type", "deps", "params", "weights", "batch_size", "device", "dtype", "resolution", "codec"}
@@ -136,10 +136,10 @@ def parse_recipe(data: LineDict, path: Path) -> Recipe:
     resolution = _resolution(data.get("resolution"), data.line_of("resolution"), "resolution", fail)
     shard_frames = data.get("shard_frames", 32)
     if not _is_int(shard_frames) or not 1 <= shard_frames <= 4096:
-        fail(data.line_of("shard_frames"), f"shard_frames must be an integer in 1..4096, got {shard_frames!r}")
+        fail(data.line_of("shard_frames"), f"shard_frames must be an integer in 1..4096, got {excerpt(shard_frames)}")
     device = data.get("device", "auto")
     if not isinstance(device, str) or not DEVICE_RE.match(device):
-        fail(data.line_of("device"), f"device must be auto, cpu, mps, cuda or cuda:N, got {device!r}")
+        fail(data.line_of("device"), f"device must be auto, cpu, mps, cuda or cuda:N, got {excerpt(device)}")
 
     codec = _codec(data.get("codec"), data.line_of("codec"), "codec", fail) or DEFAULT_CODEC
 
@@ -162,7 +162,7 @@ def parse_recipe(data: LineDict, path: Path) -> Recipe:
     for name, spec in experts.items():
         line = experts.line_of(name)
         if not isinstance(name, str) or not NAME_RE.match(name) or name in RESERVED_NAMES:
-            fail(line, f"invalid expert name {name!r} (letters, digits, _ . - + ( ), at most 128; not "
+            fail(line, f"invalid expert name {excerpt(name)} (letters, digits, _ . - + ( ), at most 128; not "
                        f"{', '.join(sorted(RESERVED_NAMES))}; must not start with _)")
         if not isinstance(spec, LineDict):
             fail(line, f"expert '{name}' must be a mapping with at least 'type'")
@@ -309,7 +309,7 @@ def _resolution(value, line: int, key: str, fail):
         return None
     if (not isinstance(value, list) or len(value) != 2 or not all(_is_int(v) for v in value)
             or not all(1 <= v <= MAX_SIDE for v in value)):
-        fail(line, f"{key} must be [HEIGHT, WIDTH] with integers in 1..{MAX_SIDE}, got {value!r}")
+        fail(line, f"{key} must be [HEIGHT, WIDTH] with integers in 1..{MAX_SIDE}, got {excerpt(value)}")
     return (int(value[0]), int(value[1]))
 
 
@@ -363,47 +363,47 @@ def check_type(value, annotation):
     if origin is typing.Literal:
         if value in args:
             return value
-        raise TypeError(f"must be one of {', '.join(repr(a) for a in args)}, got {value!r}")
+        raise TypeError(f"must be one of {', '.join(repr(a) for a in args)}, got {excerpt(value)}")
     if origin in (typing.Union, types.UnionType):
         for a in args:
             try:
                 return check_type(value, a)
             except TypeError:
                 pass
-        raise TypeError(f"must be {type_name(annotation)}, got {value!r}")
+        raise TypeError(f"must be {type_name(annotation)}, got {excerpt(value)}")
     if annotation is type(None):
         if value is None:
             return None
-        raise TypeError(f"must be null, got {value!r}")
+        raise TypeError(f"must be null, got {excerpt(value)}")
     if origin in (list, tuple):
         if not isinstance(value, list):
-            raise TypeError(f"must be a list, got {value!r}")
+            raise TypeError(f"must be a list, got {excerpt(value)}")
         if origin is tuple and args and Ellipsis not in args:
             if len(value) != len(args):
-                raise TypeError(f"must be a list of {len(args)} values, got {value!r}")
+                raise TypeError(f"must be a list of {len(args)} values, got {excerpt(value)}")
             return [check_type(v, a) for v, a in zip(value, args)]
         inner = args[0] if args else Any
         return [check_type(v, inner) for v in value]
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
-            raise TypeError(f"must be a mapping, got {value!r}")
+            raise TypeError(f"must be a mapping, got {excerpt(value)}")
         return dict(value)
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise TypeError(f"must be true or false, got {value!r}")
+        raise TypeError(f"must be true or false, got {excerpt(value)}")
     if annotation is int:
         if _is_int(value):
             return value
-        raise TypeError(f"must be an integer, got {value!r}")
+        raise TypeError(f"must be an integer, got {excerpt(value)}")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if value != value or value in (float("inf"), float("-inf")):
-                raise TypeError(f"must be a finite number, got {value!r}")
+                raise TypeError(f"must be a finite number, got {excerpt(value)}")
             return float(value)
-        raise TypeError(f"must be a number, got {value!r}")
+        raise TypeError(f"must be a number, got {excerpt(value)}")
     if annotation is str:
         if isinstance(value, str):
             return value
-        raise TypeError(f"must be a string, got {value!r}")
+        raise TypeError(f"must be a string, got {excerpt(value)}")
     return value

@@ -530,6 +530,7 @@ def prepare(recipe: Recipe, video: Video, store: VideoStore, frames: np.ndarray,
     if options.on_error not in ON_ERROR:
         raise VreError(f"--on-error must be one of {', '.join(ON_ERROR)}")
     size = recipe.resolution or (video.height, video.width)
+    check_memory(recipe, size, options)
     asked = set(options.only) if options.only else set(recipe.experts)
     info = video_facts(video)
     merged = reconcile(recipe, store, info, size, asked if options.overwrite else set())
@@ -598,6 +599,35 @@ def check_stored_data(store: VideoStore) -> list[str]:
         print(f"vre: {store.path}: stored data damaged, its frames will be recomputed: {shown}",
               file=sys.stderr)
     return found
+
+
+def shard_memory(recipe: Recipe, size: tuple[int, int], options: RunOptions) -> int:
+    """Bytes a run holds at its peak, about: decoded uint8 RGB frames of the `queue_size` units
+    waiting plus the one computed, and every expert's stored output for that unit and the
+    `write_threads + 1` units the writers hold (see ShardWriter)."""
+    h, w = size
+    frames = recipe.shard_frames * h * w * 3
+    outputs = sum(recipe.shard_frames * h * w * spec.output.channels * np.dtype(spec.output.dtype).itemsize
+                  for spec in recipe.experts.values() if spec.output is not None)
+    return frames * (options.queue_size + 1) + outputs * (options.write_threads + 2)
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(recipe: Recipe, size: tuple[int, int], options: RunOptions) -> None:
+    """Refuse, with the estimate, a run whose shards would not fit in this machine's memory."""
+    need, have = shard_memory(recipe, size, options), physical_memory()
+    if have and need > have:
+        raise VreError(f"{recipe.path}: shards of {recipe.shard_frames} frames at {size[0]}x{size[1]} need "
+                       f"about {need / 2**30:.1f} GiB of memory (decoded frames and every expert's "
+                       f"output, buffered while writing), this machine has {have / 2**30:.1f} GiB; lower "
+                       f"shard_frames or resolution")
 
 
 def stale_experts(stored: Mapping[str, dict], new: Mapping[str, dict], asked: set[str]) -> list[str]:

@@ -5,12 +5,40 @@ Shared by recipes (`recipe.py`) and training configs (`phgmae/config.py`).
 from __future__ import annotations
 
 import re
+import reprlib
 import sys
 from pathlib import Path
 
 import yaml
 
 from video_pipeline.errors import RecipeError
+
+
+MAX_VALUES = 1_000_000  # values a YAML file may expand to, aliases counted each time they are used
+
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxlevel, _EXCERPT.maxlist, _EXCERPT.maxtuple, _EXCERPT.maxdict = 3, 6, 6, 6
+_EXCERPT.maxstring, _EXCERPT.maxother, _EXCERPT.maxlong = 60, 60, 40
+
+
+def excerpt(value) -> str:
+    """A bounded repr of `value` for an error message (at most a few hundred characters whatever
+    the value: nested lists and long strings are cut with '...'). Never expands a YAML alias bomb."""
+    return _EXCERPT.repr(value)
+
+
+def expanded_size(value, memo: dict | None = None) -> int:
+    """How many values `value` holds when written out in full, each shared (aliased) object counted
+    every time it is used; computed once per distinct object, so a bomb costs no time."""
+    memo = {} if memo is None else memo
+    if not isinstance(value, (dict, list, tuple)):
+        return 1
+    key = id(value)
+    if key not in memo:
+        memo[key] = 0  # a cycle (a YAML alias to itself) counts once
+        items = list(value.keys()) + list(value.values()) if isinstance(value, dict) else value
+        memo[key] = 1 + sum(expanded_size(v, memo) for v in items)
+    return memo[key]
 
 
 class LineDict(dict):
@@ -90,6 +118,16 @@ def load_yaml(path: str | Path, what: str = "recipe") -> LineDict:
                           f"long") from None
     if data is None:
         raise RecipeError(f"{path}:1: the {what} is empty")
+    memo: dict = {}
+    if isinstance(data, dict) and expanded_size(data, memo) > MAX_VALUES:
+        line, node = 1, data
+        while isinstance(node, LineDict):  # the line of the innermost key holding the expansion
+            key = next((k for k, v in node.items() if expanded_size(v, memo) > MAX_VALUES // 100), None)
+            if key is None:
+                break
+            line, node = node.line_of(key), node[key]
+        raise RecipeError(f"{path}:{line}: the {what} expands to more than {MAX_VALUES:,} values through "
+                          f"YAML aliases (*name); write the values out")
     if not isinstance(data, LineDict):
         raise RecipeError(f"{path}:1: the {what} must be a mapping of keys to values, "
                           f"got {type(data).__name__}")

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from video_pipeline.errors import RecipeError
 from video_pipeline.recipe import DEVICE_RE, check_type
-from video_pipeline.yamlio import LineDict, load_yaml
+from video_pipeline.yamlio import LineDict, excerpt, load_yaml
 
 RANGE_RE = re.compile(r"^\s*(\d*)\s*\.\.\s*(\d*)\s*$")
 NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.()+\-]*$")
@@ -163,7 +163,7 @@ def parse_section(cls: type, data: Any, key: str, path: Path, line: int):
         data = LineDict()
         data.line, data.lines = line, {}
     if not isinstance(data, dict):
-        fail(line, f"{key} must be a mapping of keys to values, got {data!r}")
+        fail(line, f"{key} must be a mapping of keys to values, got {excerpt(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
     at = data.line_of if isinstance(data, LineDict) else (lambda _k: line)
@@ -242,7 +242,7 @@ def check_config(cfg: TrainConfig, data: LineDict) -> None:
     nodes = cfg.nodes
     for node in nodes:
         if not isinstance(node, str) or not NODE_RE.match(node):
-            fail(("data", "inputs" if node in d.inputs else "outputs"), f"invalid node name {node!r}")
+            fail(("data", "inputs" if node in d.inputs else "outputs"), f"invalid node name {excerpt(node)}")
     if len(set(nodes)) != len(nodes):
         twice = sorted({n for n in nodes if nodes.count(n) > 1})
         fail(("data", "outputs"), f"nodes {twice} are listed twice (inputs and outputs are one list)")
@@ -266,7 +266,7 @@ def check_config(cfg: TrainConfig, data: LineDict) -> None:
             fail(("data", split, "stores"), f"data.{split}.stores must list at least one store")
         if isinstance(sel.frames, str) and not RANGE_RE.match(sel.frames):
             fail(("data", split, "frames"), f"data.{split}.frames must be A..B (end-exclusive), A.., ..B "
-                                            f"or a list of frame numbers, got {sel.frames!r}")
+                                            f"or a list of frame numbers, got {excerpt(sel.frames)}")
         if isinstance(sel.frames, str):
             r = parse_frames(sel.frames)
             if r.start >= r.stop:
@@ -329,12 +329,12 @@ def check_config(cfg: TrainConfig, data: LineDict) -> None:
         if v is not None and v < low:
             fail((key,), f"{key} must be >= {low}, got {v}")
     if not DEVICE_RE.match(cfg.device):
-        fail(("device",), f"device must be auto, cpu, mps, cuda or cuda:N, got {cfg.device!r}")
+        fail(("device",), f"device must be auto, cpu, mps, cuda or cuda:N, got {excerpt(cfg.device)}")
     if cfg.grad_clip is not None and cfg.grad_clip <= 0:
         fail(("grad_clip",), "grad_clip must be > 0 (or null for no clipping)")
     if not monitor_ok(cfg.monitor, nodes):
         fail(("monitor",), f"monitor must be 'auto', 'loss', '<node>.loss', '<node>.miou' or "
-                           f"'<node>.miou_scenes' for a node of {nodes}, got {cfg.monitor!r}")
+                           f"'<node>.miou_scenes' for a node of {nodes}, got {excerpt(cfg.monitor)}")
 
 
 def check_learned(cfg: TrainConfig, fail) -> None:
