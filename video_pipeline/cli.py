@@ -448,6 +448,7 @@ EXAMPLES = {
     "analyze": "vre analyze importance runs/teacher/best.ckpt flight.zarr -o analysis/",
     "analyze importance": "vre analyze importance runs/teacher/best.ckpt flight.zarr -o analysis/",
     "analyze robustness": "vre analyze robustness runs/teacher/best.ckpt flight.zarr --ensemble-k 4",
+    "analyze loss-matrix": "vre analyze loss-matrix runs/teacher/best.ckpt flight.zarr -o analysis/",
     "analyze agreement": "vre analyze agreement flight.zarr --prediction ensemble_semantic_output --target semantic",
     "distill": "vre distill --example distill > distill.yaml && vre distill distill.yaml",
     "consistency": "vre consistency flight.zarr --modality semantic --flow flow",
