@@ -523,9 +523,7 @@ class StoreDataset(torch.utils.data.Dataset):
             if not here:
                 item[name] = self._compact_fill(spec, h, w)
                 continue
-            # compact items keep the frame (a fresh array); otherwise to_float copies it out of the
-            # reader's buffer before the next read of this modality
-            x = self._reader(s, name).read(pos, fresh=self.compact)
+            x = self._reader(s, name).read(pos)  # a new array: items keep it
             if tuple(x.shape[:2]) != tuple(out_size):
                 x = resize(x[None], out_size, spec.kind)[0]
             if window:
@@ -557,7 +555,7 @@ class StoreDataset(torch.utils.data.Dataset):
                 else:
                     y = x.to(torch.int64)
             else:
-                # always a copy: x may be a view of a reader's buffer
+                # always a copy: the normalization below works in place
                 y = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
                 if name in self._shift_scale:
                     shift, scale = (t.to(y.device) for t in self._shift_scale[name])

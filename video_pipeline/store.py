@@ -45,12 +45,12 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from numcodecs import blosc
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from video_pipeline.codecs import DEFAULT as DEFAULT_CODEC
 from video_pipeline.codecs import CodecSpec
 from video_pipeline.errors import StoreError
+from video_pipeline.shards import ShardIO
 
 SCHEMA_VERSION = 1
 META_KEY = "video_pipeline"
@@ -159,6 +159,7 @@ class VideoStore:
         self.path = path
         self.group = group
         self._writers: dict[str, zarr.Array] = {}
+        self._shard_io: dict[str, ShardIO | None] = {}
 
     # ----------------------------------------------------------------- open / create
     @classmethod
@@ -325,6 +326,7 @@ class VideoStore:
                 if key in self.group:
                     del self.group[key]
         self._writers.pop(name, None)
+        self._shard_io.pop(name, None)
 
     def write_array(self, spec: ArraySpec, data: np.ndarray, frames: np.ndarray | None = None) -> None:
         """Create array `spec.name` if missing and write data [K,H,W,C] at sorted frame indices
@@ -339,6 +341,15 @@ class VideoStore:
 
     def write_frames(self, name: str, indices: np.ndarray, data: np.ndarray) -> None:
         """Write data [K,H,W,C] at sorted frame `indices` [K] (all in one shard)."""
+        shard = int(indices[0]) // self.shard_frames
+        start, stop = shard_bounds(shard, self.shard_frames, self.n_frames)
+        if len(indices) == stop - start:  # the whole shard: encoded and written directly
+            if name not in self._shard_io:
+                self._shard_io[name] = ShardIO.of(self.group[name])
+            io = self._shard_io[name]
+            if io is not None:
+                io.write_shard(self.shard_path(name, shard), data)
+                return
         arr = self._writers.get(name)
         if arr is None:
             # every computed chunk is data, even one equal to the fill value: skip zarr's
@@ -529,51 +540,37 @@ _EMPTY = 2 ** 64 - 1  # offset/size of a chunk that was never written (zarr shar
 
 
 class FrameReader:
-    """Reads one frame [H,W,C] of a modality array, in its stored dtype, into a reused buffer.
+    """Reads one frame [H,W,C] of a modality array, in its stored dtype.
 
     VideoStore writes every array in one layout: one chunk per frame inside shards of `shard_frames`
-    frames, Blosc-compressed. Through zarr's generic path a single-frame read costs several
-    milliseconds of Python, async hand-offs and copies; here the frame's chunk is located with the
-    shard index (zarr v3 sharding: little-endian uint64 (offset, size) pairs at the end of the shard
-    file, then a crc32c) and decoded straight into the buffer. Arrays in any other layout, or on a
-    big-endian machine, are read through zarr.
+    frames. Through zarr's generic path a single-frame read costs several milliseconds of Python,
+    async hand-offs and copies; here the frame's chunk is located with the shard index (zarr v3
+    sharding: little-endian uint64 (offset, size) pairs at the end of the shard file, then a
+    crc32c) and decoded by the array's own codecs (`shards.ShardIO`: Blosc straight into the new
+    frame, JPEG-XL, the chunk's crc32c checked). Arrays in any other layout, or on a big-endian
+    machine, are read through zarr.
     """
 
     def __init__(self, store_path: Path, name: str):
         self.root = store_path / name
         self.array = zarr.open_array(str(self.root), mode="r", zarr_format=3)
-        shape = tuple(self.array.shape)
-        self.buffer = np.empty(shape[1:], dtype=self.array.dtype)
         self.fill = self.array.fill_value
         meta = json.loads((self.root / "zarr.json").read_text())
-        self.shard_frames = self._direct_layout(meta, shape)
-        self.layout = shard_layout(meta, shape)
+        layout = shard_layout(meta, tuple(self.array.shape))
+        self.io = ShardIO.of(self.array) if layout is not None else None
+        self.layout = layout if self.io is not None else None
         self.indexes: dict[tuple, np.ndarray] = {}
 
-    @staticmethod
-    def _direct_layout(meta: dict, shape: tuple) -> int | None:
-        """Frames per shard if the array has store.py's layout with Blosc chunks (readable
-        directly), else None."""
-        layout = shard_layout(meta, shape)
-        if layout is None or layout.inner not in (["bytes", "blosc"], ["bytes", "blosc", "crc32c"]) \
-                or meta.get("data_type") not in ("uint8", "float16", "float32"):
-            return None
-        return layout.frames
-
-    def read(self, position: int, fresh: bool = False) -> np.ndarray:
-        """Frame at `position` [H,W,C]: a new array if `fresh`, else the reader's buffer (which the
-        next read overwrites)."""
-        out = np.empty_like(self.buffer) if fresh else self.buffer
-        if self.shard_frames is None:
-            out[...] = self.array[position]
-            return out
-        shard, k = divmod(position, self.shard_frames)
+    def read(self, position: int) -> np.ndarray:
+        """Frame at `position` [H,W,C], a new array. A damaged chunk or index is a StoreError."""
+        if self.layout is None:
+            return np.asarray(self.array[position])
+        shard, k = divmod(position, self.layout.frames)
         path = self.root / "c" / str(shard) / "0" / "0" / "0"  # shards span whole frames
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            out.fill(self.fill)
-            return out
+            return np.full(self.io.frame_shape, self.fill, self.io.dtype)
         try:
             st = os.fstat(fd)
             key = (shard, st.st_size, st.st_mtime_ns)  # a rewritten shard has a new index
@@ -587,20 +584,14 @@ class FrameReader:
                 self.indexes[key] = index
             offset, size = int(index[k, 0]), int(index[k, 1])
             if offset == _EMPTY:
-                out.fill(self.fill)
-                return out
+                return np.full(self.io.frame_shape, self.fill, self.io.dtype)
             chunk = os.pread(fd, size, offset)
         finally:
             os.close(fd)
-        if self.layout.chunk_crc:
-            chunk, why = split_crc(chunk)
-            if why:
-                raise damaged_error(self.root, shard, f"frame {position}: {why}")
         try:
-            blosc.decompress(chunk, out)
-        except Exception as err:  # a chunk without checksum that no longer decodes
-            raise damaged_error(self.root, shard, f"frame {position} does not decode ({err})") from None
-        return out
+            return self.io.decode_chunk(chunk)
+        except Exception as err:  # the chunk's checksum, or a chunk without one that no longer decodes
+            raise damaged_error(self.root, shard, f"frame {position}: {read_failure(err)}") from None
 
 
 @dataclass(frozen=True)
