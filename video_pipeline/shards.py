@@ -7,29 +7,28 @@ chunks into one more buffer, all behind asyncio hand-offs: on 540x960 frames tha
 much CPU as compressing them. Here each frame goes straight through the array's own codec objects
 (the chain `store.array_codecs` built: Blosc or JPEG-XL, then the crc32c checksum), the index
 follows the zarr v3 sharding spec (uint64 (offset, nbytes) pairs in chunk order, through the
-array's index codecs), and the pieces are written with one `writev` to a temporary file renamed
-into place (as zarr's LocalStore does). `store.FrameReader` locates a frame's chunk with the index
+array's index codecs), and the pieces are written through zarr's LocalStore atomic write (a
+temporary file renamed into place). `store.FrameReader` locates a frame's chunk with the index
 (`store.read_shard_index`) and decodes it with `ShardIO.decode_chunk`. Plain zarr reads the result
 like any other shard; arrays in another layout go through zarr.
 """
 from __future__ import annotations
 
-import os
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.abc.codec import ArrayArrayCodec
 from numcodecs import blosc
+from zarr.abc.codec import ArrayArrayCodec
 from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec
 from zarr.codecs.bytes import Endian
 from zarr.core.array_spec import ArrayConfig, ArraySpec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.buffer.cpu import Buffer, NDBuffer
 from zarr.core.dtype import UInt64
+from zarr.storage import _local
 
 EMPTY = 2 ** 64 - 1  # offset and size of a chunk never written (zarr sharding spec)
 
@@ -97,21 +96,10 @@ class ShardIO:
         index[:len(chunks), 1] = sizes
         index[:len(chunks), 0] = np.cumsum(sizes) - sizes
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")  # zarr's temporary name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            pieces = [*chunks, self._encode_index(index)]
-            total = sum(p.nbytes for p in pieces)
-            written = os.writev(fd, pieces)
-            while written < total:  # a short write: the rest, joined (rare, large shards)
-                rest = b"".join(bytes(p) for p in pieces)[written:]
-                written += os.write(fd, rest)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(tmp, path)
+        # zarr's own atomic write (a `*.partial` file renamed into place), looked up at call time
+        with _local._atomic_write(path, "wb") as f:
+            for piece in (*chunks, self._encode_index(index)):
+                f.write(piece)
 
     # ------------------------------------------------------------------ decode
     def decode_chunk(self, raw: bytes) -> np.ndarray:
