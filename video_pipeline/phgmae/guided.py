@@ -1,5 +1,14 @@
-"""Downstream-guided masking (`masking.learned`): per-node masking probabilities fit, during
-training, to the validation loss of the outputs.
+"""Loss-effect masking (`masking.learned`): per-node masking probabilities stepped, between
+epochs, along the measured effect of each input on the outputs' validation loss, at the current
+weights.
+
+What it is not: MLO-MAE (Guo et al., TMLR 2025) learns the masking by differentiating the
+validation loss through a training step (a bilevel problem: the masks change what the weights
+become). Here the weights are held fixed while the probabilities move, so the step optimises the
+masks of an inference-time ensemble, not of training: at fixed weights the optimum is to show every
+useful input (p -> `min`), and the clip to [min, max] is what keeps each input hidden sometimes.
+The same validation frames that measure the effect also choose `best.ckpt`: figures reported on
+them are not held out.
 
 Why the update is a gradient step: with the probability policy every free node m is hidden
 independently with probability p_m, so a mask z has probability prod_m p_m^z_m (1 - p_m)^(1 - z_m)
