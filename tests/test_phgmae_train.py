@@ -21,6 +21,7 @@ from video_pipeline.phgmae.engine import (NodeLayout, StepSetup, TrainingError, 
 from video_pipeline.phgmae.losses import LossSpec
 from video_pipeline.phgmae.masking import MaskPolicy
 from video_pipeline.phgmae.model import build_model, model_from_checkpoint, to_checkpoint
+from video_pipeline.store import VideoStore
 from video_pipeline.weights import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
@@ -358,3 +359,27 @@ optimizer: {{lr: 0.001}}
     assert any(not torch.equal(tuned["state_dict"][k], v) for k, v in released["state_dict"].items())
     agree = (trainer_predictions(tuned).numpy() == expert_labels(tuned_path)[..., 0]).mean()
     assert agree > 0.999, agree
+
+
+def test_mean_fill_masks_nodes_with_their_training_mean(tmp_path):
+    """masking.fill: mean: the checkpoint records each node's mean in the model's input space (class
+    nodes: the class shares), masked channels take it, and a checkpoint read back keeps it."""
+    from video_pipeline.phgmae.engine import Node, apply_mask
+    from video_pipeline.phgmae.inference import load
+
+    store = synthetic_store(tmp_path / "s.zarr", n=6)
+    config = write_config(tmp_path, store, epochs=1)
+    config.write_text(config.read_text().replace("always_visible: [rgb]", "always_visible: [rgb]\n  fill: mean"))
+    assert train_mod.main(config, device="cpu") == 0
+    layout = load(tmp_path / "run" / "last.ckpt").layout
+    sem = layout.fill["semantic_output"]
+    labels = VideoStore.open(store).read("semantic", np.arange(6))[..., 0]
+    shares = np.bincount(labels.ravel(), minlength=4) / labels.size
+    assert sum(sem) == pytest.approx(1.0) and np.allclose(sem, shares, atol=0.05)    # crops: about the shares
+    assert abs(layout.fill["depth"][0]) < 0.3 and len(layout.fill["rgb"]) == 3          # standardized: about 0
+    x = torch.ones(1, layout.total_channels, 2, 2)
+    out = apply_mask(x, torch.tensor([[False, True, True]]), layout)
+    assert torch.allclose(out[0, 4:, 0, 0], torch.tensor(sem, dtype=torch.float32))
+    assert (out[0, :3] == 1).all() and out[0, 3, 0, 0] == pytest.approx(layout.fill["depth"][0])
+    plain = NodeLayout((Node("a", "regression", 1, "a"),))
+    assert apply_mask(torch.ones(1, 1, 1, 1), torch.tensor([[True]]), plain).item() == 0.0

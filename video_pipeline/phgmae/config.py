@@ -74,6 +74,7 @@ class MaskingConfig:
     always_visible: list[str] = field(default_factory=list)
     never_visible: list[str] = field(default_factory=list)
     learned: bool | dict | None = None  # load_config makes it a LearnedMaskingConfig, or None (off)
+    fill: Literal["zero", "mean"] = "zero"  # what a masked node's channels hold (after normalization)
 
 
 @dataclass(frozen=True)

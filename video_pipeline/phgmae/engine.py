@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,6 +70,9 @@ class NodeLayout:
     statistics: node -> [min, max, mean, std] per-channel lists in raw units (the checkpoint format).
     normalization: how non-class nodes were normalized: none | min_max | standardization.
     size: (H, W) of the frames the model learned from (crops keep the scale of these frames).
+    fill: node -> per-channel values a masked node's channels take, in the model's input space
+      (`masking.fill: mean`: its mean over the training frames; class nodes: the class shares);
+      None, or a node it does not list: zeros.
     """
 
     nodes: tuple[Node, ...]
@@ -76,6 +80,7 @@ class NodeLayout:
     statistics: Mapping[str, Sequence[Sequence[float]]] | None = None
     normalization: str = "standardization"
     size: tuple[int, int] | None = None
+    fill: Mapping[str, Sequence[float]] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -97,6 +102,13 @@ class NodeLayout:
         return sum(n.channels for n in self.nodes)
 
     @cached_property
+    def fill_vector(self) -> torch.Tensor | None:
+        """float32 [C]: the value of each channel when its node is masked (None: all zeros)."""
+        if not self.fill:
+            return None
+        return torch.tensor([float(v) for n in self.nodes for v in self.fill.get(n.name, [0.0] * n.channels)])
+
+    @cached_property
     def channel_owner(self) -> torch.Tensor:
         """int64 [C]: the index of the node each channel belongs to."""
         return torch.repeat_interleave(torch.arange(len(self.nodes)),
@@ -111,6 +123,7 @@ class NodeLayout:
                                       "tasks": self.names}},
                 "data": {"parameters": {"task_names": self.names, "normalization": self.normalization,
                                         "outputs": list(self.outputs),
+                                        **({"fill": {k: list(v) for k, v in self.fill.items()}} if self.fill else {}),
                                         "nodes": {n.name: n.describe() for n in self.nodes}}},
                 "train": dict(train_cfg or {})}
 
@@ -140,7 +153,7 @@ class NodeLayout:
             nodes.append(Node(name, d.get("kind", "regression"), meta.channels[name], d.get("modality", name),
                               tuple(d.get("classes") or ()), tuple(tuple(c) for c in d.get("palette") or ())))
         return cls(tuple(nodes), outputs, dict(meta.statistics),
-                   params.get("normalization", "standardization"), meta.train_size)
+                   params.get("normalization", "standardization"), meta.train_size, params.get("fill") or None)
 
 
 def released_node(cfg: Mapping, name: str, channels: int) -> dict:
@@ -229,9 +242,35 @@ def node_targets(batch: Mapping, layout: NodeLayout, device) -> dict[str, torch.
 
 
 def apply_mask(x: torch.Tensor, mask: torch.Tensor, layout: NodeLayout) -> torch.Tensor:
-    """x [B, C, H, W] with the channels of masked nodes (mask bool [B, M], True = masked) set to 0."""
+    """x [B, C, H, W] with the channels of masked nodes (mask bool [B, M], True = masked) set to 0,
+    or to `layout.fill`'s values when it has them."""
     hidden = mask[:, layout.channel_owner.to(mask.device)]                          # [B, C]
-    return x.masked_fill(hidden[:, :, None, None], 0.0)
+    if layout.fill_vector is None:
+        return x.masked_fill(hidden[:, :, None, None], 0.0)
+    fill = layout.fill_vector.to(x.device, x.dtype).view(1, -1, 1, 1)
+    return torch.where(hidden[:, :, None, None], fill, x)
+
+
+def mean_fill(dataset, layout: NodeLayout, samples: int = 32) -> dict[str, list[float]]:
+    """node -> its per-channel mean in the model's input space over up to `samples` items of a
+    `StoreDataset` spread over it (missing values left out): class nodes the share of each class
+    among labelled pixels, soft and regression nodes the mean of their (normalized) values."""
+    idx = np.linspace(0, len(dataset) - 1, min(samples, len(dataset))).round().astype(int)
+    batch = torch.utils.data.default_collate([dataset[int(i)] for i in idx])
+    if getattr(dataset, "compact", False):
+        batch = dataset.to_float(batch, torch.device("cpu"))
+    fill = {}
+    for m, node in enumerate(layout.nodes):
+        t = batch[node.modality][batch["present"][:, m].bool()]
+        if node.kind == "class":
+            t = t.long()
+            counts = torch.bincount(t[(t >= 0) & (t < node.channels)], minlength=node.channels).double()
+            values = counts / counts.sum().clamp_min(1)
+        else:
+            ok = torch.isfinite(t).all(1, keepdim=True)                                # [N, 1, H, W]
+            values = (t.double().nan_to_num(0) * ok).sum((0, 2, 3)) / ok.sum((0, 2, 3)).clamp_min(1)
+        fill[node.name] = [float(v) for v in values]
+    return fill
 
 
 def forward_nodes(model: nn.Module, x: torch.Tensor, mask: torch.Tensor,

@@ -26,7 +26,7 @@ import torch
 from video_pipeline.errors import Interrupted, VreError
 from video_pipeline.phgmae.config import TrainConfig, learned_targets, load_config, mask_policy, parse_frames
 from video_pipeline.phgmae.engine import (NodeLayout, StepSetup, dataset_statistics,
-                                          evaluate, layout_from_dataset, lr_at, train_one_epoch,
+                                          evaluate, layout_from_dataset, lr_at, mean_fill, train_one_epoch,
                                           transfer_weights)
 from video_pipeline.phgmae.guided import masking_effect, update
 from video_pipeline.phgmae.inference import amp_dtype_for, pick_device, read_checkpoint, save_checkpoint
@@ -81,6 +81,9 @@ def run_training(cfg: TrainConfig, out: Path, resume: str | Path | None, device:
         statistics = init_statistics(cfg, init)
     train_ds, val_ds = build_datasets(cfg, statistics, compact=dev.type == "cuda")
     layout = layout_from_dataset(train_ds, cfg.nodes, cfg.data.outputs)
+    if cfg.masking.fill == "mean":  # a resumed run keeps the values it started with
+        fill = NodeLayout.from_checkpoint(state).fill if state is not None else mean_fill(train_ds, layout)
+        layout = dataclasses.replace(layout, fill=fill)
     specs = loss_specs(cfg, layout)
 
     # ---- model, optimizer, schedule
