@@ -258,3 +258,36 @@ def test_the_same_weights_named_another_way_keep_the_stored_data(tmp_path):
     moved.write_text("experts:\n  semantic: {type: semantic/phgmae-distil, weights: other.ckpt}\n")
     with pytest.raises(StoreError, match=r"expert 'semantic' is stored with a different recipe \(weights"):
         run(load_recipe(moved), clip, out, RunOptions(progress=False, device="cpu"))
+
+
+def test_the_progress_bar_moves_per_expert_batch_names_the_expert_and_the_weights_loading(tmp_path, clip, monkeypatch):
+    """Shards of 8 frames, experts in batches of 2: the bar moves within a shard (counts that are no
+    multiple of 8) and names the expert running; before the experts load, 'loading weights'."""
+    import io
+
+    from tqdm import tqdm
+
+    from video_pipeline import runner as runner_mod
+
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    recipe = load_recipe(recipe_file(tmp_path, "  bright: {type: test/brightness, batch_size: 2, weights: w.bin}\n"
+                                               "  plus: {type: test/plus-one, deps: [bright], batch_size: 2}\n"))
+    shown = io.StringIO()
+    bars = []
+
+    def bar(total, desc, enabled):
+        bars.append(tqdm(total=total, desc=desc, file=shown, mininterval=0, miniters=0,
+                         bar_format="{n:.2f}/{total} {postfix}"))
+        return bars[-1]
+
+    real_load = runner_mod.load_experts
+    at_load = []
+    monkeypatch.setattr(runner_mod, "progress_bar", bar)
+    monkeypatch.setattr(runner_mod, "load_experts", lambda *a, **k: (at_load.append(bars[-1].postfix), real_load(*a, **k))[1])
+    run(recipe, clip, tmp_path / "p.zarr", RunOptions(frames=np.arange(16)))
+    assert at_load == ["loading weights: bright"]
+    states = [s.strip() for s in shown.getvalue().split("\r") if s.strip()]
+    counts = [float(s.split("/")[0]) for s in states]
+    assert counts == sorted(counts) and counts[-1] == 16
+    assert any(0 < c < 8 for c in counts) and any(8 < c < 16 for c in counts)   # within each shard
+    assert any(s.endswith("bright") for s in states) and any(s.endswith("plus") for s in states)

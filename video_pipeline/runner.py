@@ -239,14 +239,41 @@ def _take(arr: np.ndarray, rows: slice | np.ndarray, sl: slice) -> np.ndarray:
     return arr[rows[sl]]
 
 
+class BarProgress:
+    """Moves a progress bar (tqdm, counting frames) within a unit: every expert batch advances it by
+    that expert's share of the unit's frames, and the bar names the expert running; `finish` settles
+    the unit at its frame count. Costs a few attribute writes per batch: tqdm redraws at most every
+    `mininterval` seconds."""
+
+    def __init__(self, bar):
+        self.bar, self.moved, self.share = bar, 0.0, 1.0
+
+    def start_unit(self, n_experts: int) -> None:
+        self.share = 1.0 / max(1, n_experts)
+
+    def running(self, name: str) -> None:
+        self.bar.set_postfix_str(name, refresh=False)
+        if time.time() - self.bar.last_print_t > self.bar.mininterval:
+            self.bar.refresh()  # a slow first batch (a learned expert) shows its name at once
+
+    def done(self, frames: int) -> None:
+        self.moved += frames * self.share
+        self.bar.update(frames * self.share)
+
+    def finish(self, frames: int) -> None:
+        self.bar.update(frames - self.moved)
+        self.moved = 0.0
+
+
 class UnitExecutor:
     """Runs the experts of a recipe on decoded units, in dependency order, in memory."""
 
     def __init__(self, recipe: Recipe, experts: Mapping[str, Expert], size: tuple[int, int],
-                 store: VideoStore, on_error: str, stats: RunStats):
+                 store: VideoStore, on_error: str, stats: RunStats, progress: BarProgress | None = None):
         self.recipe, self.experts, self.size = recipe, experts, size
         self.store, self.on_error, self.stats = store, on_error, stats
         self.skipped: dict[str, str] = stats.skipped
+        self.progress = progress
 
     def compute(self, unit: Unit, batch: FrameBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Outputs {name: (frame indices [K], data [K,H,W,C])} of the experts computed on this unit."""
@@ -254,6 +281,8 @@ class UnitExecutor:
         results = {}
         for name, idx in unit.load.items():
             available[name] = (idx, self.store.read(name, idx))
+        if self.progress is not None:
+            self.progress.start_unit(sum(1 for n in unit.compute if n not in self.skipped))
         for name, spec in self.recipe.experts.items():
             idx = unit.compute.get(name)
             if idx is None or name in self.skipped:
@@ -281,6 +310,8 @@ class UnitExecutor:
         dep_rows = {d: _as_slice(np.searchsorted(available[d][0], idx)) for d in spec.deps}
         parts = []
         t0 = time.perf_counter()
+        if self.progress is not None:
+            self.progress.running(spec.name)
         for a in range(0, len(idx), spec.batch_size):
             sl = slice(a, a + spec.batch_size)
             frames = _take(batch.frames, pos, sl)
@@ -301,6 +332,8 @@ class UnitExecutor:
                 raise ExpertError(f"expert '{spec.name}' ({spec.type}) failed at frames "
                                   f"{idx[sl][0]}..{idx[sl][-1]}: {type(err).__name__}: {err}") from err
             parts.append(check_output(spec, res, len(frames), self.size, idx[sl]))
+            if self.progress is not None:
+                self.progress.done(len(frames))
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         self.stats.expert_seconds[spec.name] = self.stats.expert_seconds.get(spec.name, 0.0) + time.perf_counter() - t0
         self.stats.expert_frames[spec.name] = self.stats.expert_frames.get(spec.name, 0) + len(idx)
@@ -576,8 +609,13 @@ def run(recipe: Recipe, video_path: str | Path, out: str | Path, options: RunOpt
         with discarded_on_error(store.path, fresh):
             prepared = prepare(recipe, video, store, frames, options)
         if prepared.units:
+            bar = held.enter_context(contextlib.closing(progress_bar(
+                sum(len(u.frames) for u in prepared.units), store.path.name, options.progress)))
+            learned = [n for n in prepared.computing if prepared.weights.get(n) is not None]
+            if learned:
+                bar.set_postfix_str(f"loading weights: {', '.join(learned)}")
             with loaded_experts(recipe, prepared.computing, prepared.weights, options.device) as experts:
-                execute(recipe, experts, video, store, prepared.units, prepared.size, options, stats)
+                execute(recipe, experts, video, store, prepared.units, prepared.size, options, stats, bar)
     stats.wall = time.perf_counter() - t_start
     return stats
 
@@ -696,14 +734,17 @@ def open_video(video_path: str | Path, store: VideoStore | None) -> Video:
 
 
 def execute(recipe: Recipe, experts: Mapping[str, Expert], video: Video, store: VideoStore,
-            units: list[Unit], size: tuple[int, int], options: RunOptions, stats: RunStats) -> None:
+            units: list[Unit], size: tuple[int, int], options: RunOptions, stats: RunStats,
+            bar=None) -> None:
     """Decode, compute and write `units` with loaded `experts`; finished units stay durable whatever
-    happens next. Every backend runs its units through this (`run`, worker processes, Ray actors)."""
-    executor = UnitExecutor(recipe, experts, size, store, options.on_error, stats)
+    happens next. Every backend runs its units through this (`run`, worker processes, Ray actors).
+    `bar`: the progress bar to move (default: a new one, shown if `options.progress`)."""
+    if bar is None:
+        bar = progress_bar(sum(len(u.frames) for u in units), store.path.name, options.progress)
+    progress = BarProgress(bar) if options.progress else None
+    executor = UnitExecutor(recipe, experts, size, store, options.on_error, stats, progress)
     writer = ShardWriter(store, options.write_threads, stats)
     with_next = any(experts[n].needs_next_frame for n in experts)
-    total = sum(len(u.frames) for u in units)
-    bar = progress_bar(total, store.path.name, options.progress)
     batches: Iterator[FrameBatch] = video.batches([u.frames for u in units], size=size,
                                                   with_next=with_next, queue_size=options.queue_size)
     decode_error: DecodeError | None = None
@@ -721,7 +762,10 @@ def execute(recipe: Recipe, experts: Mapping[str, Expert], video: Video, store: 
                 writer.submit(unit.shard, results)
             stats.frames += len(batch.indices)
             stats.units += 1
-            bar.update(len(batch.indices))
+            if progress is not None:
+                progress.finish(len(batch.indices))
+            else:
+                bar.update(len(batch.indices))
             if len(batch.indices) < len(unit.frames):  # the reader stopped inside this unit
                 try:
                     next(batches)
@@ -742,5 +786,7 @@ def execute(recipe: Recipe, experts: Mapping[str, Expert], video: Video, store: 
 def progress_bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
+    # frames are counted in fractions (each expert batch moves the bar): show whole frames
     return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True,
-                smoothing=0.1)
+                smoothing=0.1, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, "
+                                          "{rate_fmt}{postfix}]")
