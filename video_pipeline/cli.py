@@ -468,7 +468,7 @@ POSITIONALS = {
 
 def finish(parser: argparse.ArgumentParser, path: str = "") -> None:
     """Give every (sub)command its example and every positional a help text (see EXAMPLES)."""
-    if path:
+    if path in EXAMPLES:  # (a command without one fails the test suite, never the parser)
         parser.epilog = "example:\n  " + EXAMPLES[path]
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
     for action in parser._actions:
