@@ -304,3 +304,64 @@ def test_a_shard_that_cannot_fit_in_memory_is_refused_with_the_estimate(tmp_path
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "shards of 32 frames at 16384x16384 need about 168.0 GiB" in err and "16.0 GiB" in err
     assert not (tmp_path / "s.zarr").exists() or not any((tmp_path / "s.zarr").iterdir())
+
+
+# ------------------------------------------------------------------------- 8: one line, never internal
+def test_damaged_metadata_and_array_descriptions_end_in_one_line(tmp_path, small_clip, capsys):
+    import json
+    import shutil
+
+    from reliability import storecheck
+
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    ref = tmp_path / "ref.zarr"
+    assert vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(ref), "-q")[0] == 0
+    damage = {
+        "attrs video a string": lambda s: _edit_attrs(s, lambda m: {**m, "video": "garbage"}),
+        "attrs a list": lambda s: _edit_attrs(s, lambda m: [1, 2]),
+        "attrs shard_frames negative": lambda s: _edit_attrs(s, lambda m: {**m, "shard_frames": -4}),
+        "array zarr.json garbage": lambda s: (s / "rgb" / "zarr.json").write_text("{garbage"),
+        "flags zarr.json a list": lambda s: (s / "_frames" / "edges" / "zarr.json").write_text("[]"),
+        "index zarr.json empty": lambda s: (s / "_index" / "zarr.json").write_text(""),
+    }
+    for case, hurt in damage.items():
+        store = tmp_path / f"{case.replace(' ', '_')}.zarr"
+        shutil.copytree(ref, store)
+        hurt(store)
+        for argv in (["inspect", str(store)], ["export", "dronescapes", str(store), "-o", str(tmp_path / "x"), "-j", "1"]):
+            code, _, err = vre_main(capsys, *argv)
+            assert code == 2 and len(err.strip().splitlines()) == 1 and "zarr.json: damaged" in err, (case, argv, err)
+            assert "internal error" not in err
+        code, out, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(store), "-q")
+        if case.startswith("attrs"):  # the store cannot say what it holds: refused, never "nothing to do"
+            assert code == 2 and "damaged store metadata" in err and "nothing to do" not in out, (case, err)
+        else:  # one node of ours unreadable: removed and recomputed
+            assert code == 0 and "removed, to be recomputed" in err, (case, out, err)
+            storecheck.assert_same_store(store, ref)
+    (tmp_path / "afile").write_text("mine")
+    code, _, err = vre_main(capsys, "export", "dronescapes", str(ref), "-o", str(tmp_path / "afile"))
+    assert code == 2 and "is not a folder" in err and (tmp_path / "afile").read_text() == "mine"
+
+
+def _edit_attrs(store: Path, edit) -> None:
+    import json
+
+    node = json.loads((store / "zarr.json").read_text())
+    node["attributes"]["video_pipeline"] = edit(node["attributes"]["video_pipeline"])
+    (store / "zarr.json").write_text(json.dumps(node))
+
+
+@pytest.mark.parametrize("where", ["import", "call"])
+def test_plugin_calling_sys_exit_never_ends_in_silent_success(tmp_path, small_clip, capsys, where):
+    plugin = tmp_path / "quits.py"
+    body = ("import sys\nimport numpy as np\nfrom video_pipeline import Expert, OutputSpec, register_expert\n"
+            + ("sys.exit(0)\n" if where == "import" else "")
+            + "@register_expert('test/quits-" + where + "')\nclass Quits(Expert):\n"
+            "    def output(self, deps):\n        return OutputSpec(channels=1, kind='depth')\n"
+            "    def __call__(self, frames, deps):\n        sys.exit(0)\n")
+    plugin.write_text(body)
+    (tmp_path / "q.yaml").write_text(f"plugins: [{plugin}]\nshard_frames: 4\nexperts:\n  rgb: {{type: color/rgb}}\n"
+                                     f"  q: {{type: test/quits-{where}}}\n")
+    code, out, err = vre_main(capsys, "run", str(tmp_path / "q.yaml"), str(small_clip), "-o", str(tmp_path / "s.zarr"), "-q")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "sys.exit" in err.replace("SystemExit", "sys.exit"), err
+    assert "frames in" not in out

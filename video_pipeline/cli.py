@@ -15,6 +15,7 @@ from pathlib import Path
 from video_pipeline import __version__
 from video_pipeline.bundled import recipe_path
 from video_pipeline.errors import Interrupted, VreError
+from video_pipeline.yamlio import excerpt
 
 FRAME_OPTIONS = ("--frames", "--fit-frames")
 FRAME_SPEC = re.compile(r"^(\d*\.\.\d*|\d+)$")
@@ -138,6 +139,10 @@ def cmd_stats(args) -> int:
 
 def cmd_export(args) -> int:
     from video_pipeline.export import export_dronescapes
+
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise VreError(f"{out}: exists and is not a folder; -o names the folder the dataset is written to")
 
     summary = export_dronescapes([Path(s) for s in args.store], Path(args.output),
                                  splits=Path(args.splits) if args.splits else None, n_jobs=args.jobs,
@@ -527,6 +532,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except SystemExit as err:  # plugin or expert code calling sys.exit: never a silent success
+        if args.debug or os.environ.get("VRE_DEBUG"):
+            raise
+        print(f"vre: error: code run by `vre {args.command}` (a plugin or expert?) called sys.exit"
+              f"({excerpt(err.code)}) before the command finished; what it reported done before is "
+              f"kept, the rest is not done (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1 if err.code in (None, 0) or not isinstance(err.code, int) else err.code
     except Exception as err:  # a bug, not a user error: still one line, the traceback on request
         if args.debug or os.environ.get("VRE_DEBUG"):
             raise

@@ -54,7 +54,7 @@ def load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()
-        except Exception as err:  # a broken plugin must say which one, not crash with a traceback
+        except (Exception, SystemExit) as err:  # SystemExit: a plugin calling sys.exit on import  # a broken plugin must say which one, not crash with a traceback
             raise VreError(f"plugin entry point '{ep.name} = {ep.value}' failed to import: "
                            f"{type(err).__name__}: {err} (reinstall or uninstall that package)") from err
 
@@ -73,7 +73,7 @@ def load_plugin_file(path: str | Path) -> None:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # SystemExit: a plugin calling sys.exit on import
         del sys.modules[module_name]
         raise VreError(f"plugin {path} failed to import: {type(err).__name__}: {err}") from err
 

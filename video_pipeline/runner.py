@@ -624,7 +624,7 @@ def check_stored_data(store: VideoStore) -> list[str]:
     """Every run's cheap integrity check of what the flags call done (see `VideoStore.check_shards`):
     deleted flag arrays are recreated, and the flags of missing, truncated or damaged shards are
     cleared so this run recomputes them; says so in one line on stderr. Returns the damage found."""
-    found = []
+    found = list(store.repaired)
     for name in store.names:
         if store.repair_flags(name):
             found.append(f"{name}: flags recreated")

@@ -160,6 +160,7 @@ class VideoStore:
         self.group = group
         self._writers: dict[str, zarr.Array] = {}
         self._shard_io: dict[str, ShardIO | None] = {}
+        self.repaired: list[str] = []  # damaged nodes `open` removed (mode 'a'), for the run to say
 
     # ----------------------------------------------------------------- open / create
     @classmethod
@@ -188,11 +189,28 @@ class VideoStore:
         try:
             group = zarr.open_group(str(path), mode="r" if mode == "r" else "a", zarr_format=3)
         except Exception as err:
-            raise StoreError(f"{path}: cannot open as a zarr v3 group ({type(err).__name__}: {err})") from None
+            raise StoreError(f"{path}: cannot open as a zarr v3 group ({type(err).__name__}: "
+                             f"{str(err)[:200]})") from None
+        why = meta_problem(group.attrs.get(META_KEY)) if META_KEY in group.attrs else None
+        if why:
+            raise StoreError(f"{path}/zarr.json: damaged store metadata ({why}); the store cannot be "
+                             f"read or resumed: make it again with `vre run` into another -o")
+        damaged = damaged_nodes(path)
+        if damaged and mode in ("r", "r+"):
+            key, why = damaged[0]
+            raise StoreError(f"{path}/{key}/zarr.json: damaged ({why}); `vre run` with the store's recipe "
+                             f"rebuilds it")
+        for key, _ in damaged:  # ours and unreadable: drop it (flags first), the run recomputes it
+            with writing(path, f"'{key}'"):
+                for flags in FLAG_GROUPS if "/" not in key and key not in PRIVATE_GROUPS else ():
+                    shutil.rmtree(path / flags / key, ignore_errors=True)
+                shutil.rmtree(path / key, ignore_errors=True)
         if mode != "r" and META_KEY not in group.attrs and any(True for _ in group.array_keys()):
             raise StoreError(f"{path}: is a zarr group not written by video-pipeline; "
                              f"refusing to write into it (choose another -o)")
-        return cls(path, group)
+        store = cls(path, group)
+        store.repaired = [f"{key} ({why}): removed, to be recomputed" for key, why in damaged]
+        return store
 
     # ----------------------------------------------------------------- metadata
     @property
@@ -728,6 +746,61 @@ def remove_partials(path: Path) -> int:
                     continue
                 removed += 1
     return removed
+
+
+def meta_problem(meta) -> str | None:
+    """What makes root metadata `meta` (attrs["video_pipeline"]) unusable, or None."""
+    if not isinstance(meta, dict):
+        return f"video_pipeline is a {type(meta).__name__}, not a mapping"
+    video = meta.get("video")
+    if not isinstance(video, dict):
+        return "video_pipeline.video is not a mapping"
+    n = video.get("n_frames")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        return "video_pipeline.video.n_frames is not a frame count"
+    sf = meta.get("shard_frames")
+    if not isinstance(sf, int) or isinstance(sf, bool) or sf < 1:
+        return "video_pipeline.shard_frames is not a positive integer"
+    recipe = meta.get("recipe", {})
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("experts", {}), dict):
+        return "video_pipeline.recipe is not a recipe mapping"
+    return None
+
+
+def damaged_nodes(path: Path) -> list[tuple[str, str]]:
+    """[(key, why)] of the nodes of store `path` (modality arrays, flag and index groups and their
+    arrays) whose zarr.json is not readable zarr v3 metadata."""
+    out = []
+
+    def check(key: str) -> str | None:
+        try:
+            node = json.loads((path / key / "zarr.json").read_bytes())
+        except OSError as err:
+            return f"unreadable: {err.strerror}"
+        except ValueError:
+            return "not JSON"
+        if not isinstance(node, dict) or node.get("zarr_format") != 3 or node.get("node_type") not in ("array", "group"):
+            return "not zarr v3 metadata"
+        if node["node_type"] == "array" and not (isinstance(node.get("shape"), list) and node.get("data_type")
+                                                 and isinstance(node.get("codecs"), list)):
+            return "incomplete array metadata"
+        return None
+
+    try:
+        top = sorted(e.name for e in os.scandir(path) if e.is_dir() and (Path(e.path) / "zarr.json").exists())
+    except OSError:
+        return out
+    for name in top:
+        why = check(name)
+        if why:
+            out.append((name, why))
+        elif name in PRIVATE_GROUPS:
+            for sub in sorted(e.name for e in os.scandir(path / name) if e.is_dir()):
+                if (path / name / sub / "zarr.json").exists():
+                    why = check(f"{name}/{sub}")
+                    if why:
+                        out.append((f"{name}/{sub}", why))
+    return out
 
 
 def store_owner(path: Path) -> str:
