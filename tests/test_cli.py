@@ -115,7 +115,9 @@ def test_frames_before_the_video_debug_after_the_command_and_a_bundled_recipe_by
     assert cli.frames_last(["run", "r.yaml", "--frames", "1", "5", "..9", "v.mp4"]) == \
         ["run", "r.yaml", "v.mp4", "--frames", "1", "5", "..9"]
     out = tmp_path / "q.zarr"
-    assert cli.main(["run", "quickstart", "--frames", "0..3", str(clip), "-o", str(out), "-q"]) == 0
+    assert cli.main(["run", "quickstart", "--frames", "0..3", str(clip), "-o", str(out), "-q", "--preview"]) == 0
+    assert f"preview: {tmp_path / 'q.preview.mp4'}" in capsys.readouterr().out  # the collage at the end
+    assert (tmp_path / "q.preview.mp4").stat().st_size > 0
     store = VideoStore.open(out)
     assert store.meta["recipe"]["experts"].keys() >= {"rgb", "hsv", "edges", "flow"}   # quickstart.yaml
     assert store.done_frames("rgb").nonzero()[0].tolist() == [0, 1, 2]

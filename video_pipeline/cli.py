@@ -39,12 +39,25 @@ def cmd_run(args) -> int:
                          overwrite=args.overwrite, device=args.device, on_error=args.on_error,
                          progress=not args.quiet, workers=workers, ray=args.ray)
     if options.ray is not None or options.workers > 1:
-        return report_runs(run_parallel(recipe, targets, options))
-    for video_path, out in targets:
-        code = report_runs([(out, run(recipe, video_path, out, options))])
-        if code:
-            return code
-    return 0
+        code = report_runs(run_parallel(recipe, targets, options))
+    else:
+        code = 0
+        for video_path, out in targets:
+            code = report_runs([(out, run(recipe, video_path, out, options))])
+            if code:
+                break
+    if args.preview and not code:
+        preview_stores([out for _, out in targets])
+    return code
+
+
+def preview_stores(stores) -> None:
+    """`vre run --preview`: the collage of each store, beside it (`preview.default_output`)."""
+    from video_pipeline.preview import default_output, make_preview
+    from video_pipeline.store import VideoStore
+
+    for out in stores:
+        print(f"preview: {make_preview(VideoStore.open(out), default_output(Path(out)))}")
 
 
 def report_runs(results) -> int:
@@ -265,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--on-error", choices=("stop", "skip"), default="stop",
                    help="an expert fails: stop (default, keeps finished shards) or skip it and its dependents")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--preview", action="store_true", help="at the end, the collage of every modality "
+                   "beside each store (<store>.preview.mp4, as `vre preview` makes it)")
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("experts", help="list registered expert types, their parameters and outputs")
