@@ -96,7 +96,8 @@ class RunStats:
     units: int = 0
     expert_seconds: dict[str, float] = field(default_factory=dict)
     expert_frames: dict[str, int] = field(default_factory=dict)
-    decode_wait: float = 0.0
+    decode_wait: float = 0.0              # the main thread waiting for decoded frames
+    write_wait: float = 0.0               # the main thread waiting for the writers (back-pressure)
     write_seconds: float = 0.0
     bytes_written: int = 0
     wall: float = 0.0
@@ -359,8 +360,10 @@ class ShardWriter:
         self.lock = threading.Lock()
 
     def submit(self, shard: int, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        t0 = time.perf_counter()
         while len(self.pending) >= self.depth:
             self.pending.popleft().result()
+        self.stats.write_wait += time.perf_counter() - t0
         self.pending.append(self.pool.submit(self.write, shard, results))
 
     def write(self, shard: int, results) -> None:
@@ -379,9 +382,11 @@ class ShardWriter:
 
     def close(self) -> None:
         """Wait for every pending write; re-raise the first failure."""
+        t0 = time.perf_counter()
         try:
             while self.pending:
                 self.pending.popleft().result()
+            self.stats.write_wait += time.perf_counter() - t0
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
 

@@ -2,11 +2,16 @@
 
 Stages: decode alone (frames/s), each expert (frames/s of time spent inside its calls), writing
 (MB/s of raw data through compression + write, and compressed bytes per frame per modality),
-end to end (frames/s of the whole run, start-up of experts included), peak resident memory.
+end to end (frames/s of the whole run, start-up of experts included), CPU per frame and how many
+cores were busy, how long the main thread (which runs the experts) waited for the decoder and for
+the writers, peak resident memory. Reading them: cores busy near the core count means CPU-bound
+(choose cheaper experts or codecs: docs/benchmarks.md); a long decode wait means decoding is the
+bottleneck, a long writer wait compression and disk (`codec: lz4` writes ~7x faster than zstd).
 """
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import tempfile
@@ -31,6 +36,12 @@ def decode_fps(video: Video, frames: np.ndarray, size: tuple[int, int], shard_fr
     return n / (time.perf_counter() - t0)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -52,10 +63,13 @@ def bench(recipe_path, video_path, frames=None, device=None, workers: int = 1, k
     tmp = Path(tempfile.mkdtemp(prefix="vre-bench-"))
     out = Path(keep) if keep else tmp / "bench.zarr"
     try:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         with GpuSampler() as gpu_sampler:
             stats = run(recipe, video_path, out, RunOptions(frames=selected, device=device, progress=False))
         wall = time.perf_counter() - t0
+        report["cpu_s"] = cpu_seconds() - cpu0
+        report["cores"] = os.cpu_count()
+        report["load_average"] = os.getloadavg()[0]
         report["end_to_end_fps"] = stats.frames / wall
         report["wall_s"] = wall
         report["experts"] = {
@@ -63,6 +77,7 @@ def bench(recipe_path, video_path, frames=None, device=None, workers: int = 1, k
                    "seconds": stats.expert_seconds[name]} for name in stats.expert_frames}
         report["write_mb_s"] = stats.bytes_written / 1e6 / max(stats.write_seconds, 1e-9)
         report["decode_wait_s"] = stats.decode_wait
+        report["write_wait_s"] = stats.write_wait
         store = VideoStore.open(out, "r")
         report["stored_bytes_per_frame"] = {
             name: dir_size(out / name) / max(len(selected), 1) for name in store.names}
@@ -100,6 +115,10 @@ def format_report(r: dict) -> str:
         lines.append(f"  expert {name:<10} {e['fps']:8.1f} frames/s  ({e['seconds']:.2f} s)")
     lines += [f"  write             {r['write_mb_s']:8.1f} MB/s (raw data compressed + written)",
               f"  end to end        {r['end_to_end_fps']:8.1f} frames/s ({r['wall_s']:.2f} s)",
+              f"  cpu               {r['cpu_s'] / max(r['frames'], 1) * 1e3:8.1f} ms/frame, {r['cpu_s'] / r['wall_s']:.2f} "
+              f"of {r['cores']} cores busy (load average {r['load_average']:.1f})",
+              f"  main thread idle  {r['decode_wait_s']:8.2f} s waiting for decoded frames, "
+              f"{r['write_wait_s']:.2f} s for the writers",
               f"  rerun, no work    {r['rerun_nothing_to_do_s']:8.2f} s",
               f"  peak memory       {r['peak_rss_mb']:8.0f} MB"]
     for name, b in r["stored_bytes_per_frame"].items():
