@@ -88,6 +88,15 @@ def check_codec(codec: CodecSpec, dtype: str, channels: int) -> None:
                          f"{channels} channel(s) of {dtype} (use zstd or lz4)")
 
 
+def codec_fits(codec: CodecSpec, dtype: str, channels: int) -> bool:
+    """Whether `codec` can store arrays of `dtype` with `channels` channels."""
+    try:
+        check_codec(codec, dtype, channels)
+    except ValueError:
+        return False
+    return True
+
+
 def _int_in(v, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 

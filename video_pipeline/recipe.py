@@ -19,7 +19,7 @@ from typing import Any
 
 from video_pipeline import registry
 from video_pipeline.codecs import DEFAULT as DEFAULT_CODEC
-from video_pipeline.codecs import CodecSpec, check_codec, parse_codec
+from video_pipeline.codecs import CodecSpec, check_codec, codec_fits, parse_codec
 from video_pipeline.errors import RecipeError, WeightsError
 from video_pipeline.expert import Expert, OutputSpec
 from video_pipeline.graph import CycleError, topological_order
@@ -287,21 +287,13 @@ def _expert_spec(name: str, spec: LineDict, done: dict[str, ExpertSpec], path: P
     if not isinstance(output, OutputSpec):
         fail(line, f"experts.{name}: {type_name}.output() must return an OutputSpec")
     if codec is None:  # the recipe-wide codec where it can store this output, else the default
-        fits = _fits(default_codec, output)
+        fits = codec_fits(default_codec, output.dtype, output.channels)
         return replace(spec_with(output, expert=expert), codec=default_codec if fits else DEFAULT_CODEC)
     try:
         check_codec(codec, output.dtype, output.channels)
     except ValueError as err:
         fail(spec.line_of("codec"), f"experts.{name}.codec: {err}")
     return spec_with(output, expert=expert)
-
-
-def _fits(codec: CodecSpec, output: OutputSpec) -> bool:
-    try:
-        check_codec(codec, output.dtype, output.channels)
-    except ValueError:
-        return False
-    return True
 
 
 def _resolution(value, line: int, key: str, fail):

@@ -6,17 +6,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from video_pipeline.codecs import CodecSpec, codec_fits
 from video_pipeline.dronescapes import DRONESCAPES_CLASSES, DRONESCAPES_PALETTE
 from video_pipeline.imageops import resize
 from video_pipeline.store import ArraySpec, VideoStore
 
 
 def make_bench_store(path: Path, n_frames: int = 64, size: tuple[int, int] = (540, 960),
-                     binary: bool = False) -> Path:
+                     binary: bool = False, codec: CodecSpec | None = None) -> Path:
     """A store of {rgb, depth, normals, semantic} (and a binary map `roads` if asked) at `size` with
     realistic content for the benchmarks (a camera panning over a textured world with sharp-edged
-    shapes, smooth depth, its normals, 8 classes). At most 32 distinct frames are made; longer
-    stores repeat them."""
+    shapes, smooth depth, its normals, 8 classes), every array with `codec` (default: the store's
+    default) where it can hold it. At most 32 distinct frames are made; longer stores repeat them."""
     rng = np.random.default_rng(0)
     n_unique = min(n_frames, 32)
     world_size = (size[0], size[1] + 8 * n_unique)  # the camera pans 8 pixels a frame
@@ -46,7 +47,9 @@ def make_bench_store(path: Path, n_frames: int = 64, size: tuple[int, int] = (54
     classes = DRONESCAPES_CLASSES
     for name, (data, kind) in arrays.items():
         attrs = {"kind": kind, "channels": data.shape[-1], "classes": classes if kind == "semantic" else []}
-        store.write_array(ArraySpec(name, data.shape[-1], str(data.dtype), attrs), _Repeat(data, n_frames))
+        fits = codec is not None and codec_fits(codec, str(data.dtype), data.shape[-1])
+        spec = ArraySpec(name, data.shape[-1], str(data.dtype), attrs, codec if fits else None)
+        store.write_array(spec, _Repeat(data, n_frames))
     return path
 
 
