@@ -2,10 +2,11 @@
 model robust to missing experts, and does an RGB-only student stay within 3 mIoU of its teacher?
 
     python benchmarks/phgmae_claims/run.py --work WORK_DIR            # Toledo, CPU-sized defaults
-    python benchmarks/phgmae_claims/run.py --work W --device cuda --steps 3000 --size 540 720
-    python benchmarks/phgmae_claims/run.py --work W --train-stores D/train/*.zarr \\
-        --validation-stores D/val/*.zarr --test-stores D/test/barsana.zarr D/test/comana.zarr \\
-        D/test/norway.zarr --experts <expert modalities> --target semantic_output
+    python benchmarks/phgmae_claims/run.py --work W --device cuda --threads 0 --workers 6 \\
+        --steps 3000 --epochs 30 --size 540 720 --filters 10
+    python benchmarks/phgmae_claims/run.py --work W --stores STORES/*.zarr \\
+        --splits TRAIN VAL TEST --experts <expert modalities> --target semantic_output ...
+        (stores of `vre import dronescapes`, each a scene, with the split names it recorded)
 
 Steps, each skipped when its output exists in WORK_DIR (rerun to resume):
 1. store: `vre run store.yaml VIDEO` (rgb; PiDiNet edges; the released PHG-MAE-Distil model's
@@ -54,16 +55,28 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------- data
 class Split:
-    """Stores and frames of one split: [(store path, frames selection or None)]."""
+    """Stores and frames of one split: [(store path, frame selection or None)], or the frames a
+    store records under the split name `split` (stores made by `vre import dronescapes`)."""
 
-    def __init__(self, items):
+    def __init__(self, items, split: str | None = None):
         self.items = [(Path(s), f) for s, f in items]
+        self.split = split
 
     def config(self) -> dict:
+        if self.split is not None:
+            return {"stores": [str(s) for s, _ in self.items], "split": self.split}
         frames = {f for _, f in self.items}
         if len(frames) != 1:
             raise SystemExit("a split's stores must share one frame selection")
         return {"stores": [str(s) for s, _ in self.items], "frames": frames.pop()}
+
+    def positions(self, store):
+        """Positions int64 [N] of this split's frames in `store`."""
+        from video_pipeline.phgmae.inference import select_positions
+
+        frames = dict(self.items)[Path(store.path)] if self.split is None else \
+            [int(f) for f in (store.meta.get("splits") or {}).get(self.split, [])]
+        return select_positions(store, frames)
 
 
 def build_store(args) -> Path:
@@ -91,7 +104,7 @@ def train_config(args, rate: float, seed: int, out: Path) -> Path:
            "data": {"train": args.train.config(), "validation": args.validation.config(),
                     "inputs": inputs, "outputs": ["semantic_output"],
                     "modalities": {"semantic_output": args.target},
-                    "normalization": "standardization", "resolution": list(args.size), "num_workers": 0},
+                    "normalization": "standardization", "resolution": list(args.size), "num_workers": args.workers},
            "model": {"type": "safeuav", "parameters": {"num_filters": args.filters}},
            "masking": {"probability": rate, "always_visible": ["rgb"]},
            "losses": {"masked_only": True},
@@ -137,14 +150,16 @@ def probabilities(loaded, split: Split, masks: torch.Tensor, available, flip: bo
     size, for every frame of the split (flip: also on the mirrored inputs, mirrored back, averaged)."""
     import torch.nn.functional as F
 
-    from video_pipeline.phgmae.inference import frame_batches, run_passes, select_positions
+    from video_pipeline.phgmae.inference import frame_batches, run_passes
     from video_pipeline.store import VideoStore
 
     out = []
     for path, frames in split.items:
         store = VideoStore.open(path)
         size = tuple(store.array("rgb").shape[1:3])
-        positions = select_positions(store, frames)
+        positions = split.positions(store)
+        if not len(positions):
+            continue
         for _, x, present, _ in frame_batches(loaded, path, available, positions, batch_size):
             views = [(x, False)] + ([(x.flip(-1), True)] if flip else [])
             total = 0
@@ -159,13 +174,14 @@ def probabilities(loaded, split: Split, masks: torch.Tensor, available, flip: bo
 
 def targets(split: Split, target: str) -> tuple[torch.Tensor, tuple[str, ...], tuple[int, ...]]:
     """Labels int64 [N, H, W] (255 none), the scene and the frame number of each frame."""
-    from video_pipeline.phgmae.inference import select_positions
     from video_pipeline.store import VideoStore
 
     labels, scenes, numbers = [], [], []
-    for path, frames in split.items:
+    for path, _ in split.items:
         store = VideoStore.open(path)
-        positions = select_positions(store, frames)
+        positions = split.positions(store)
+        if not len(positions):
+            continue
         t = store.read(target, positions).astype(np.float32)
         labels.append(np.nan_to_num(t[..., 0], nan=255) if t.shape[-1] == 1 else
                       np.where(np.isfinite(t).all(-1), np.nan_to_num(t).argmax(-1), 255))
@@ -175,13 +191,14 @@ def targets(split: Split, target: str) -> tuple[torch.Tensor, tuple[str, ...], t
 
 
 def expert_probabilities(split: Split, name: str) -> np.ndarray:
-    from video_pipeline.phgmae.inference import select_positions
     from video_pipeline.store import VideoStore
 
     out = []
-    for path, frames in split.items:
+    for path, _ in split.items:
         store = VideoStore.open(path)
-        out.append(store.read(name, select_positions(store, frames)).astype(np.float32).transpose(0, 3, 1, 2))
+        positions = split.positions(store)
+        if len(positions):
+            out.append(store.read(name, positions).astype(np.float32).transpose(0, 3, 1, 2))
     return np.concatenate(out)
 
 
@@ -200,7 +217,7 @@ def methods(loaded, args, split: Split, rate: float) -> dict[str, np.ndarray]:
 
 
 def missing(loaded, args, split: Split, rate: float) -> dict[str, list[np.ndarray]]:
-    """name -> [probabilities per subset]: single pass and K = 8 with c experts missing."""
+    """name -> [probabilities per subset]: single pass and K = 4 with c experts missing."""
     q = rate if rate > 0 else 0.5
     out = {}
     for c in range(len(args.experts) + 1):
@@ -208,8 +225,8 @@ def missing(loaded, args, split: Split, rate: float) -> dict[str, list[np.ndarra
             available = ["rgb", *[e for e in args.experts if e not in gone]]
             out.setdefault(f"{c} missing, single", []).append(
                 probabilities(loaded, split, masks_for(loaded, available, 1, q, 0), available))
-            out.setdefault(f"{c} missing, K=8", []).append(
-                probabilities(loaded, split, masks_for(loaded, available, 8, q, 0), available))
+            out.setdefault(f"{c} missing, K=4", []).append(
+                probabilities(loaded, split, masks_for(loaded, available, 4, q, 0), available))
     return out
 
 
@@ -289,7 +306,7 @@ def run(args) -> dict:
 def distil(args, val_by_method, ckpts, device, labels, scenes, numbers, classes, probs_cache, results, boot) -> dict:
     from video_pipeline.phgmae.distill import main as distill_main
     from video_pipeline.phgmae.evaluate import compare, summarize
-    from video_pipeline.phgmae.inference import load, select_positions
+    from video_pipeline.phgmae.inference import load
     from video_pipeline.store import ArraySpec, VideoStore
 
     rate = RATES[-1]
@@ -300,12 +317,12 @@ def distil(args, val_by_method, ckpts, device, labels, scenes, numbers, classes,
     name = "teacher_" + best.replace(" ", "_").replace(",", "").replace("=", "")
     full = ["rgb", *args.experts]
     q = rate
-    for path, frames in [*args.train.items, *args.validation.items]:
+    for part, path, frames in [(p, s, f) for p in (args.train, args.validation) for s, f in p.items]:
         store = VideoStore.open(path, "r+")
-        positions = select_positions(store, frames)
-        if name in store.names and store.done_frames(name)[positions].all():
+        split = Split([(path, frames)], part.split)
+        positions = split.positions(store)
+        if not len(positions) or (name in store.names and store.done_frames(name)[positions].all()):
             continue
-        split = Split([(path, frames)])
         parts = []
         for seed in args.seeds:
             loaded = load(ckpts[(rate, seed)], device)
@@ -322,7 +339,7 @@ def distil(args, val_by_method, ckpts, device, labels, scenes, numbers, classes,
     out = args.work / "runs" / "student"
     cfg = {"output": str(out), "teacher": name, "labels": args.target,
            "data": {"train": args.train.config(), "validation": args.validation.config(), "rgb": "rgb",
-                    "resolution": list(args.size), "num_workers": 0},
+                    "resolution": list(args.size), "num_workers": args.workers},
            "student": {"type": "safeuav", "parameters": {"num_filters": args.student_filters}},
            "loss": {"temperature": 2.0, "hard_weight": 0.0},
            "optimizer": {"lr": args.lr, "weight_decay": 0.01},
@@ -380,17 +397,23 @@ def parse(argv=None):
     p.add_argument("--video", type=Path, default=REPO.parent / "shared" / "data" / "uav_toledo.mp4")
     p.add_argument("--device", default="auto")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=120, help="optimizer steps of each training run")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--steps", type=int, default=50, help="optimizer steps of each training run")
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--filters", type=int, default=6, help="SafeUAV num_filters of the PHG-MAE models")
     p.add_argument("--student-filters", type=int, default=6, help="SafeUAV num_filters of the student")
-    p.add_argument("--size", type=int, nargs=2, default=[120, 160], help="training and inference H W")
+    p.add_argument("--size", type=int, nargs=2, default=[96, 128], help="training and inference H W")
     p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=0, help="data loader workers of the training runs")
     p.add_argument("--experts", nargs="+", default=["pidinet", "sem_coarse", "sem_mirror"])
     p.add_argument("--target", default="semantic")
     p.add_argument("--frames", nargs=3, default=["0..26", "29..35", "38..47"], metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default); one "
+                   "thread is fastest on a CPU shared with other jobs")
+    p.add_argument("--splits", nargs=3, metavar=("TRAIN", "VAL", "TEST"),
+                   help="with --stores: the split names the stores record (vre import dronescapes)")
+    p.add_argument("--stores", nargs="+", type=Path, help="stores holding every split (with --splits)")
     p.add_argument("--train-stores", nargs="+", type=Path)
     p.add_argument("--validation-stores", nargs="+", type=Path)
     p.add_argument("--test-stores", nargs="+", type=Path)
@@ -400,8 +423,15 @@ def parse(argv=None):
 def main(argv=None) -> int:
     args = parse(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    if args.train_stores:
+    if args.stores:
+        if not args.splits:
+            raise SystemExit("--stores needs --splits TRAIN VAL TEST")
+        args.train, args.validation, args.test = (Split([(s, None) for s in args.stores], name)
+                                                  for name in args.splits)
+    elif args.train_stores:
         if not (args.validation_stores and args.test_stores):
             raise SystemExit("--train-stores needs --validation-stores and --test-stores")
         args.train, args.validation, args.test = (Split([(s, None) for s in stores]) for stores in
