@@ -12,6 +12,7 @@ A. Our store -> `vre export dronescapes` -> VRE's `MultiTaskDataset`: a store ma
 B. A VRE output folder -> `vre import vre` -> `vre export dronescapes` -> VRE's reader, against VRE's
    reader on the original folder: VRE itself is run (`vre` of the same environment) on the clip's
    first frames for the representations it computes without weights (rgb, hsv, Canny).
+C. Our rgb, hsv and Canny exports against VRE's files for the same decoded frames.
 
 VRE (video-representations-extractor 1.18.x) must be installed in the environment of
 --vre-python; its reader is taken from the repository snapshot at run time (see
@@ -43,7 +44,7 @@ default_io_parameters: {binary_format: npz, image_format: not-set, compress: tru
 representations:
   rgb: {type: color/rgb, dependencies: [], parameters: {}}
   hsv: {type: color/hsv, dependencies: [rgb], parameters: {}}
-  edges_canny: {type: edges/canny, dependencies: [], parameters: {threshold1: 100, threshold2: 200, aperture_size: 3, l2_gradient: true}}
+  edges_canny: {type: edges/canny, dependencies: [], parameters: {threshold1: 100, threshold2: 200, aperture_size: 3, l2_gradient: false}}
 """
 VRE_REPOSITORY = '''\
 def get_repository():
@@ -148,10 +149,8 @@ def check_vre_round_trip(args, work: Path) -> list[dict]:
 
     frames_dir = work / "frames"
     frames_dir.mkdir()
-    with Video.open(clip_path(work)) as video:
-        for batch, idx in video.batches(batch_size=args.frames, frames=range(args.frames), resize=(180, 240)):
-            for frame, i in zip(batch, idx):
-                cv2.imwrite(str(frames_dir / f"{i}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    for i, frame in enumerate(Video.open(clip_path(work)).read(range(args.frames), size=(180, 240))):
+        cv2.imwrite(str(frames_dir / f"{i}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     (work / "vre_cfg.yaml").write_text(VRE_CONFIG)
     (work / "vre_repo.py").write_text(VRE_REPOSITORY)
     vre_bin = str(Path(args.vre_python).with_name("vre"))
@@ -179,6 +178,22 @@ def check_vre_round_trip(args, work: Path) -> list[dict]:
     return rows
 
 
+def check_same_frames(args, work: Path) -> list[dict]:
+    """Our experts against VRE's on the same decoded frames (A's store, B's VRE run), as exported."""
+    pairs = {"rgb": ("rgb", "rgb"), "hsv": ("hsv", "hsv"), "canny edges": ("edges", "edges_canny")}
+    rows = []
+    for what, (ours, theirs) in pairs.items():
+        diffs, agree = [], []
+        for t in range(args.frames):
+            a = np.load(work / "ours_export" / "all" / ours / f"ours_{t}.npz")["arr_0"].astype(np.float64)
+            b = np.load(work / "vre_out" / theirs / "npz" / f"{t}.npz")["arr_0"].astype(np.float64)
+            diffs.append(np.abs(a - b).max())
+            agree.append((np.abs(a - b) < 1e-6).mean())
+        rows.append({"modality": what, "max_abs_diff": round(float(max(diffs)), 4),
+                     "pixels_equal": f"{100 * float(np.mean(agree)):.2f}%"})
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -197,10 +212,12 @@ def main() -> None:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         result = {"ours_in_vre_reader": check_ours(args, work), "vre_round_trip": check_vre_round_trip(args, work)}
+        result["same_frames"] = check_same_frames(args, work)
         (work / "conformance.json").write_text(json.dumps(result, indent=1))
         print("A. our export in VRE's reader\n\n" + table(result["ours_in_vre_reader"]))
         print("\nB. VRE output -> vre import vre -> vre export dronescapes -> VRE's reader\n\n"
               + table(result["vre_round_trip"]))
+        print("\nC. our experts against VRE's on the same frames, as exported\n\n" + table(result["same_frames"]))
 
 
 if __name__ == "__main__":

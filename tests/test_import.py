@@ -86,14 +86,21 @@ def test_import_stays_in_its_tree_and_checks_values(tmp_path):
     savez(src / "train_set" / "depth" / "v_1.npz", depth, False)
     depth[3, 4] = np.inf
     savez(src / "train_set" / "depth" / "v_2.npz", depth, False)
+    flow = np.zeros((H, W, 2), np.float64)
+    savez(src / "train_set" / "flow" / "v_1.npz", flow, False)
+    flow[0, 0, 0] = 1e300  # beyond float32: stored as float32 only when exact
+    savez(src / "train_set" / "flow" / "v_2.npz", flow, False)
     os.symlink(outside, src / "train_set" / "rgb" / "part9")
     os.symlink(outside / "v_9.npz", src / "train_set" / "rgb" / "v_9.npz")
     summary = import_dronescapes(src, tmp_path / "stores")
     why = {Path(s["path"]).relative_to(src).as_posix(): s["why"] for s in summary["skipped"]}
-    assert set(why) == {"train_set/rgb/part9", "train_set/rgb/v_9.npz", "train_set/depth/v_2.npz"}
+    assert set(why) == {"train_set/rgb/part9", "train_set/rgb/v_9.npz", "train_set/depth/v_2.npz",
+                        "train_set/flow/v_2.npz"}
     assert "out of the source tree" in why["train_set/rgb/part9"] and "Inf" in why["train_set/depth/v_2.npz"]
+    assert "do not fit float32 exactly" in why["train_set/flow/v_2.npz"]
     store = VideoStore.open(tmp_path / "stores" / "v.zarr")
     assert store.frame_numbers().tolist() == [1, 2] and store.done_frames("depth").tolist() == [True, False]
+    assert store.array("flow").dtype == np.float32 and store.done_frames("flow").tolist() == [True, False]
 
     savez(src / "train_set" / "normals" / "v_1.npz", np.zeros((H // 2, W // 2, 3), np.float16), False)
     with pytest.raises(VreError, match=r"v: modality '.*' is 6x10 but '.*' is 12x20; a store holds one resolution"):

@@ -302,7 +302,8 @@ def to_stored(arr: np.ndarray, mod: Modality) -> np.ndarray:
         raise ValueError(f"shape {list(arr.shape)} does not match {list(mod.shape)}")
     if arr.dtype.kind == "f" and frame.size and not np.isfinite(frame[~np.isnan(frame)]).all():
         raise ValueError("holds Inf values; a store holds finite values (NaN marks a missing value)")
-    out = frame.astype(mod.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
+        out = frame.astype(mod.dtype)
     if mod.dtype == "uint8" and arr.dtype != np.bool_ and frame.size and (frame.min() < 0 or frame.max() > 255):
         raise ValueError(f"values {frame.min()}..{frame.max()} do not fit uint8 class ids")
     if out.dtype != arr.dtype and arr.dtype != np.bool_ and \
