@@ -84,6 +84,13 @@ def test_chromium_scrubs_frames_and_blends_modalities_over_the_rgb(served):
             page.wait_for(f"document.body.dataset.drawn === '{t}'")
             return np.array(page.evaluate(pixels), np.int16).reshape(H, W, 4)[..., :3]
 
+        def redrawn_after(script: str) -> np.ndarray:
+            """Run `script` (which makes the page draw again) and read the canvas once it has."""
+            before = int(page.wait_for("document.body.dataset.draws"))
+            page.evaluate(script)
+            page.wait_for(f"Number(document.body.dataset.draws) > {before}")
+            return np.array(page.evaluate(pixels), np.int16).reshape(H, W, 4)[..., :3]
+
         def move_slider(t: int) -> None:
             page.evaluate(f"(() => {{ const s = document.getElementById('frame'); s.value = {t}; "
                           f"s.dispatchEvent(new Event('input')); }})()")
@@ -93,7 +100,7 @@ def test_chromium_scrubs_frames_and_blends_modalities_over_the_rgb(served):
         assert np.abs(drawn(4) - rgb[4]).max() <= 1                       # scrubbed to frame 4
         assert page.evaluate("document.getElementById('index').textContent") == "4"
         # edges over the rgb, fully opaque: edge pixels in the mask colour, the rest still the rgb
-        page.evaluate("(() => { const a = document.getElementById('alpha-edges'); a.value = 100; "
+        redrawn_after("(() => { const a = document.getElementById('alpha-edges'); a.value = 100; "
                       "const on = document.getElementById('on-edges'); on.checked = true; "
                       "on.dispatchEvent(new Event('change')); })()")
         assert page.evaluate("document.getElementById('state-edges').textContent").startswith("not computed")
@@ -102,13 +109,10 @@ def test_chromium_scrubs_frames_and_blends_modalities_over_the_rgb(served):
         assert np.abs(shown[on] - np.array(MASK_COLOURS[0])).max() <= 1
         assert np.abs(shown[~on] - rgb[1][~on]).max() <= 1
         # semantic at half opacity over it: a blend of the class colour and what lay beneath
-        page.evaluate("(() => { const a = document.getElementById('alpha-semantic'); a.value = 50; "
-                      "const on = document.getElementById('on-semantic'); on.checked = true; "
-                      "on.dispatchEvent(new Event('change')); })()")
-        page.wait_for("document.getElementById('state-semantic').textContent === 'computed'")
-        time_to_redraw = page.evaluate("new Promise(r => setTimeout(() => r(document.body.dataset.drawn), 300))")
-        blended = np.array(page.evaluate(pixels), np.int16).reshape(H, W, 4)[..., :3]
-        assert time_to_redraw == "1"
+        blended = redrawn_after("(() => { const a = document.getElementById('alpha-semantic'); a.value = 50; "
+                                "const on = document.getElementById('on-semantic'); on.checked = true; "
+                                "on.dispatchEvent(new Event('change')); })()")
+        assert page.evaluate("document.body.dataset.drawn") == "1"
         expected = (shown[0, 0] + np.array(PALETTE[0])) / 2
         assert np.abs(blended[0, 0] - expected).max() <= 2
         # legends, value ranges, completion

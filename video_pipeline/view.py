@@ -255,6 +255,7 @@ async function draw() {
     if (l.m.value_range) l.range.textContent += ` (declared ${l.m.value_range.join("..")})`;
   });
   document.body.dataset.drawn = String(t);
+  document.body.dataset.draws = String(Number(document.body.dataset.draws || 0) + 1);
 }
 
 async function main() {
