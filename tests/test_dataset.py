@@ -373,7 +373,7 @@ def test_statistics_of_a_read_only_store_are_computed_with_a_warning(store_data,
             raise PermissionError(13, "Permission denied")
         return zarr.open_array(*args, mode=mode, **kwargs)
 
-    monkeypatch.setattr(ds_mod.zarr, "open_array", read_only)
+    monkeypatch.setattr(zarr, "open_array", read_only)
     with pytest.warns(UserWarning, match="depth: statistics not cached"):
         s = ds_mod.modality_stats(VideoStore.open(path), "depth")
     np.testing.assert_allclose(s["mean"], [data["depth"].astype(np.float64).mean()], rtol=1e-12)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 
 from video_pipeline.errors import VreError
 from video_pipeline.export import load_splits, split_mask
@@ -198,7 +197,7 @@ def modality_stats(store: VideoStore, name: str, recompute: bool = False) -> dic
         return cached
     stats = {"fingerprint": fp, **measure(store, name)}
     try:
-        zarr.open_array(str(store.path / name), mode="r+", zarr_format=3).attrs["statistics"] = stats
+        store.cache_attr(name, "statistics", stats)
     except (OSError, ValueError) as err:
         warnings.warn(f"{store.path}/{name}: statistics not cached (store not writable: {err})",
                       stacklevel=2)

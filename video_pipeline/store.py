@@ -528,6 +528,11 @@ class VideoStore:
                 self.shard_path(name, s).unlink(missing_ok=True)
             self.clear(name, idx)
 
+    def cache_attr(self, name: str, key: str, value) -> None:
+        """Set attrs[key] of modality array `name` to JSON-safe `value` (a cache, such as statistics),
+        also through a store opened read-only. Raises OSError or ValueError where it cannot be written."""
+        zarr.open_array(str(self.path / name), mode="r+", zarr_format=3).attrs[key] = value
+
     def reader(self, name: str) -> "FrameReader":
         """A fast reader of single frames of `name` (see FrameReader)."""
         if name not in self:
