@@ -365,3 +365,89 @@ def test_plugin_calling_sys_exit_never_ends_in_silent_success(tmp_path, small_cl
     code, out, err = vre_main(capsys, "run", str(tmp_path / "q.yaml"), str(small_clip), "-o", str(tmp_path / "s.zarr"), "-q")
     assert code != 0 and len(err.strip().splitlines()) == 1 and "sys.exit" in err.replace("SystemExit", "sys.exit"), err
     assert "frames in" not in out
+
+
+# ------------------------------------------------------------------------- 6: the decoder decides
+def packed_xvid_avi(path: Path, n: int = 30) -> Path:
+    """An AVI in the DivX/Xvid packed-bitstream style (B-frames in the previous frame's packet, a
+    placeholder packet in their place), made by FFmpeg's libxvid encoder; skip where it is absent."""
+    import shutil
+    import subprocess
+
+    ffmpeg = shutil.which("ffmpeg")
+    if not ffmpeg or "libxvid" not in subprocess.run([ffmpeg, "-hide_banner", "-encoders"], capture_output=True,
+                                                       text=True).stdout:
+        pytest.skip("an ffmpeg command with the libxvid encoder is needed to make a packed-bitstream AVI")
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc=size=160x120:rate=25", "-frames:v", str(n), "-c:v", "libxvid", "-bf", "2",
+                    "-vtag", "XVID", str(path)], check=True, timeout=60)
+    return path
+
+
+def test_packed_bitstream_avi_stores_every_frame_the_decoder_gives(tmp_path, capsys):
+    import av
+    import zarr
+
+    video = packed_xvid_avi(tmp_path / "packed.avi")
+    with av.open(str(video)) as c:
+        sizes = [p.size for p in c.demux(video=0) if p.size]
+        assert min(sizes) < 10  # placeholder packets: packets are not frames
+    with av.open(str(video)) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    code, out, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(video), "-o", str(tmp_path / "s.zarr"), "-q")
+    assert code == 0, err
+    rgb = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["rgb"]
+    assert rgb.shape[0] == len(decoded)
+    np.testing.assert_array_equal(rgb[:], np.stack(decoded))
+
+
+def test_resolution_change_mid_stream_ends_in_one_line_keeping_earlier_frames(tmp_path, capsys):
+    from fractions import Fraction
+
+    import av
+
+    from video_pipeline.synth import scene_frames
+
+    path = tmp_path / "changes.ts"
+    with av.open(str(path), "w", format="mpegts") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        second = av.CodecContext.create("libx264", "w")
+        second.width, second.height, second.pix_fmt = 128, 96, "yuv420p"
+        second.time_base, second.framerate = Fraction(1, 24), 24
+        n = 0
+        for ctx, size in ((stream.codec_context, (48, 64)), (second, (96, 128))):
+            for f in [*scene_frames(8, size, n, False), None]:
+                frame = None
+                if f is not None:
+                    frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+                    frame.pts, frame.time_base = n, Fraction(1, 24)
+                    n += 1
+                for packet in ctx.encode(frame):
+                    packet.stream = stream
+                    out.mux(packet)
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    for _ in range(2):  # and the same on every rerun: never taken for finished
+        code, _, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(path), "-o", str(tmp_path / "s.zarr"), "-q")
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "frame 8" in err and "changes resolution" in err and "64x48 to 128x96" in err
+    store = VideoStore.open(tmp_path / "s.zarr")
+    assert store.done_frames("rgb").tolist() == [True] * 8 + [False] * 8
+
+
+def test_a_jpeg_cut_short_in_an_image_folder_ends_in_one_line_keeping_earlier_frames(tmp_path, capsys):
+    import cv2
+
+    from video_pipeline.synth import scene_frames
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, f in enumerate(scene_frames(6, (48, 64), 1, False)):
+        cv2.imwrite(str(folder / f"f{i:02d}.jpg"), f[..., ::-1])
+    data = (folder / "f03.jpg").read_bytes()
+    (folder / "f03.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    code, _, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(folder), "-o", str(tmp_path / "s.zarr"), "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "frame 3" in err and "f03.jpg is cut short" in err
+    assert VideoStore.open(tmp_path / "s.zarr").done_frames("rgb").tolist() == [True] * 3 + [False] * 3

@@ -92,12 +92,17 @@ def demux_index(container: av.container.InputContainer, stream: av.VideoStream) 
     """
     packets = []  # (pts, keyframe, corrupt) in stored (decoding) order
     failed = False
+    packed = _packed_bitstream(stream.codec_context.extradata)
     try:
         for packet in container.demux(stream):
             if packet.size and not packet.is_discard:
+                if not packets and stream.codec_context.name == "mpeg4":
+                    packed = packed or _packed_bitstream(bytes(packet)[:4096])
                 packets.append((packet.pts, packet.is_keyframe, packet.is_corrupt))
     except av.FFmpegError:
         failed = True  # unreadable from here on: keep what was read
+    if packed:
+        return _decoded_index(container, stream)
     timed = [q for q in packets if q[0] is not None]  # stray packets without a pts carry no frame
     p = np.array([q[0] for q in timed], np.int64)
     order = np.argsort(p, kind="stable")
@@ -120,6 +125,35 @@ def demux_index(container: av.container.InputContainer, stream: av.VideoStream) 
     at, broken_pts = min(breaks)
     return FrameIndex(np.append(sorted_pts[:at], broken_pts), np.append(keyframe[:at], False),
                       float(stream.time_base), truncated=True)
+
+
+# DivX/Xvid "packed bitstream" user data (`DivX503b1393p`: the final `p`): a B-frame travels in the
+# packet of the frame before it and its own packet holds a placeholder, so packets are not frames
+# and their timestamps do not label the frames the decoder outputs.
+_PACKED = re.compile(rb"DivX\d+(?:b|Build)\d+p")
+
+
+def _packed_bitstream(data: bytes | None) -> bool:
+    """Whether MPEG-4 Part 2 header bytes `data` declare a DivX/Xvid packed bitstream."""
+    return bool(data) and _PACKED.search(bytes(data)) is not None
+
+
+def _decoded_index(container: av.container.InputContainer, stream: av.VideoStream) -> FrameIndex:
+    """Index of a stream whose packets do not map to frames (packed bitstream): decode it once and
+    count the frames the decoder outputs, in display order; decoding always starts from frame 0.
+    A decoding error ends the index with one entry for the broken frame."""
+    container.seek(0, stream=stream, backward=True)
+    stream.codec_context.flush_buffers()
+    n, failed = 0, False
+    try:
+        for packet in container.demux(stream):
+            n += len(packet.decode())
+    except av.FFmpegError:
+        failed = True
+    rate = stream.guessed_rate or stream.average_rate
+    total = n + failed
+    return FrameIndex(np.arange(total, dtype=np.int64), np.arange(total) == 0,
+                      1.0 / float(rate) if rate else 1.0, counted=True, truncated=failed)
 
 
 def _missing_at_end(sorted_pts: np.ndarray, rank: np.ndarray) -> int | None:
@@ -412,13 +446,29 @@ class _Reader(abc.ABC):
 class _FolderReader(_Reader):
     def decode(self, t: int) -> np.ndarray:
         f = self.video.files[t]
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        try:
+            data = f.read_bytes()
+        except OSError as err:
+            raise self.error(t, f"cannot read image {f.name} ({err.strerror})") from None
+        if f.suffix.lower() in (".jpg", ".jpeg") and not jpeg_complete(data):
+            # OpenCV fills what is missing with grey and only logs a warning: check it ourselves
+            raise self.error(t, f"image {f.name} is cut short (its JPEG data ends before the end-of-image "
+                                f"marker); replace the file")
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if img is None:
             raise self.error(t, f"cannot read image {f.name}")
         if img.shape[:2] != (self.video.height, self.video.width):
             raise self.error(t, f"{f.name} is now {img.shape[1]}x{img.shape[0]}, the folder's images are "
                                 f"{self.video.width}x{self.video.height}")
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def jpeg_complete(data: bytes) -> bool:
+    """Whether JPEG bytes hold their end-of-image marker after their last scan (a file cut short
+    lacks it; inside entropy-coded data a 0xFF byte is always followed by 0x00 or a restart
+    marker, so 0xFFD9 there is the real end)."""
+    sos = data.rfind(b"\xff\xda")
+    return data.startswith(b"\xff\xd8") and sos != -1 and data.find(b"\xff\xd9", sos) != -1
 
 
 class _StreamReader(_Reader):
@@ -450,6 +500,11 @@ class _StreamReader(_Reader):
         if frame is None:
             self.decoded = None
             raise self.error(t, "the decoder gave no frame for it")
+        if (frame.height, frame.width) != (self.video.height, self.video.width):
+            self.decoded = None
+            raise self.error(t, f"the video changes resolution here, from {self.video.width}x"
+                                f"{self.video.height} to {frame.width}x{frame.height}; a store holds one "
+                                f"resolution: cut the video at this frame and run each part into its own store")
         return frame.to_ndarray(format="rgb24")
 
     def advance(self, t: int):
