@@ -51,9 +51,11 @@ OPEN_WITH_XARRAY = textwrap.dedent("""
 """)
 
 
-def test_a_demo_store_opens_as_one_xarray_dataset_without_this_package(tmp_path):
+def test_a_demo_store_opens_as_one_xarray_dataset_without_this_package(tmp_path, capsys):
+    from video_pipeline import cli
+
     pytest.importorskip("xarray")
-    assert vre("demo", "-o", str(tmp_path)).returncode == 0
+    assert cli.main(["demo", "-o", str(tmp_path)]) == 0
     store = tmp_path / "demo.zarr"
     r = subprocess.run([sys.executable, "-c", OPEN_WITH_XARRAY, str(store)], capture_output=True,
                        text=True, timeout=120, cwd=tmp_path)
@@ -63,10 +65,10 @@ def test_a_demo_store_opens_as_one_xarray_dataset_without_this_package(tmp_path)
     # opens with this package's tools
     meta = store / "hsv" / "zarr.json"
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "dimension_names": ["frame", "y", "x", "channel"]}))
-    info = json.loads(vre("inspect", str(store), "--json").stdout)
-    assert info["modalities"]["hsv"]["frames_done"] == 48
-    r = vre("preview", str(store), "-o", str(tmp_path / "p.png"), "--frames", "3")
-    assert r.returncode == 0, r.stderr
+    capsys.readouterr()
+    assert cli.main(["inspect", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["modalities"]["hsv"]["frames_done"] == 48
+    assert cli.main(["preview", str(store), "-o", str(tmp_path / "p.png"), "--frames", "3"]) == 0
 
 
 def test_experts_shows_choices_and_says_when_weights_are_required():
