@@ -150,7 +150,8 @@ PAGE = r"""<!doctype html>
  body { font: 14px system-ui, sans-serif; background: #1e1e1e; color: #ddd; margin: 12px; }
  #top { display: flex; gap: 12px; align-items: center; margin-bottom: 8px; }
  #frame { flex: 1; }
- canvas#view { background: #000; max-width: 100%; image-rendering: pixelated; }
+ canvas#view { background: #000; width: 100%; max-width: 960px; image-rendering: pixelated; }
+ th { text-align: left; font-weight: normal; color: #999; padding: 3px 8px; }
  table { border-collapse: collapse; margin-top: 8px; }
  td { padding: 3px 8px; vertical-align: middle; border-top: 1px solid #333; }
  .strip { height: 10px; width: 300px; }
@@ -163,7 +164,8 @@ PAGE = r"""<!doctype html>
  <input type="range" id="frame" min="0" value="0" step="1">
  <span>frame <b id="index">0</b> / <span id="last"></span></span></div>
 <canvas id="view"></canvas>
-<table id="layers"></table>
+<table id="layers"><tr><th>modality (shown)</th><th>opacity</th><th>frames computed</th>
+ <th>this frame</th><th>values in this frame</th><th>legend</th></tr></table>
 <script>
 "use strict";
 let info = null, drawing = 0;
