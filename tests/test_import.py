@@ -133,6 +133,8 @@ def test_vre_output_imports_with_its_metadata_and_exports_the_same_values(tmp_pa
             exported = np.load(tmp_path / "out" / "all" / name / f"flight_{frame}.npz")["arr_0"]
             assert exported.dtype == arr.dtype and exported.shape == arr.shape, name
             np.testing.assert_array_equal(exported, arr)
+            vre_file = src / name / "npz" / f"{frame}.npz"  # even the bytes: VRE's zip facts are kept
+            assert (tmp_path / "out" / "all" / name / f"flight_{frame}.npz").read_bytes() == vre_file.read_bytes()
 
 
 def test_vre_output_without_config_and_a_killed_run(tmp_path, capsys):

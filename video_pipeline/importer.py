@@ -133,7 +133,12 @@ def entries(folder: Path, root: Path, report: Report) -> tuple[list[Path], list[
     """(sub-folders, files) of `folder`, sorted, never leaving `root`: a link is followed only to a
     file inside `root`; linked folders are not entered. Those left out are reported as skipped."""
     dirs, files = [], []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    try:
+        listing = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as err:
+        report.skip(folder, f"cannot list this folder ({err.strerror or err})")
+        return dirs, files
+    for entry in listing:
         path = Path(entry.path)
         if entry.is_symlink():
             target = path.resolve()
@@ -560,8 +565,9 @@ def _read_list(path: Path, report: Report) -> list[tuple[int, str, str, int]]:
 def looks_like_vre_output(src: Path) -> bool:
     """True for a VRE output folder: some <repr>/.repr_metadata.json or <repr>/npz/<frame>.npz."""
     for sub in src.iterdir():
+        npz = sub / "npz"
         if sub.is_dir() and not sub.is_symlink() and ((sub / ".repr_metadata.json").is_file() or (
-                (sub / "npz").is_dir() and any(VRE_FILE_RE.match(p.name) for p in (sub / "npz").iterdir()))):
+                npz.is_dir() and not npz.is_symlink() and any(VRE_FILE_RE.match(p.name) for p in npz.iterdir()))):
             return True
     return False
 
