@@ -64,10 +64,9 @@ def test_each_shipped_config_trains_on_a_tiny_store(name, tmp_path, capsys):
     assert cli.main([command, str(config)]) == 0
     out = tmp_path / yaml.safe_load(config.read_text())["output"]
     assert (out / "last.ckpt").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 1
-    if command == "train":
-        captured = capsys.readouterr()
-        assert f"output: {out}" in captured.out
-        assert "epoch 1/1" in captured.err and "1/2" in captured.err  # the bar moved within the epoch
+    captured = capsys.readouterr()
+    assert f"output: {out}" in captured.out
+    assert "epoch 1/1" in captured.err and "1/2" in captured.err  # the bar moved within the epoch
 
 
 def test_ctrl_c_in_train_names_the_checkpoint_and_the_epoch_it_holds(tmp_path, capsys, monkeypatch):
@@ -93,3 +92,22 @@ def test_ctrl_c_in_train_names_the_checkpoint_and_the_epoch_it_holds(tmp_path, c
     config2 = shrunk("pretrain", tmp_path / "fresh")
     assert cli.main(["train", str(config2)]) == 130
     assert "before the first epoch ended" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_distill_says_what_was_kept_and_that_a_rerun_starts_over(tmp_path, capsys, monkeypatch):
+    config = shrunk("distill", tmp_path, epochs=3)
+    real = train_mod.train_loader
+    calls = []
+
+    def interrupt_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_loader", interrupt_in_epoch_2)
+    assert cli.main(["distill", str(config)]) == 130
+    out = tmp_path / "runs" / "student"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"vre: interrupted; {out / 'last.ckpt'} holds epoch 1 (the epoch under way is lost); "
+        f"rerunning the command starts over")

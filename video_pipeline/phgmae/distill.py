@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from video_pipeline.errors import RecipeError, VreError
+from video_pipeline.errors import Interrupted, RecipeError, VreError
 from video_pipeline.phgmae.config import (RANGE_RE, FramesConfig, ModelConfig, OptimizerConfig, ScheduleConfig,
                                           parse_frames, parse_section)
 from video_pipeline.phgmae.engine import NodeLayout, Node, layout_from_dataset, lr_at, target_labels, transfer_weights
@@ -178,12 +178,23 @@ def student_input(rgb: torch.Tensor, layout: NodeLayout) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------- loop
 def main(config_path: str | Path, device: str | None = None) -> int:
-    from video_pipeline.phgmae.train import epoch_seeds, eval_loader, make_optimizer, train_loader
+    from video_pipeline.phgmae.train import interrupted_message
 
     cfg = load_distill_config(config_path)
-    dev = pick_device(device or cfg.device)
     out = cfg.resolve(cfg.output)
+    try:
+        return distill(cfg, out, device)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(out, resumes=False)) from None
+
+
+def distill(cfg: DistillConfig, out: Path, device: str | None) -> int:
+    """The loop (see the module docstring); `out` is the config's output folder."""
+    from video_pipeline.phgmae.train import epoch_seeds, eval_loader, make_optimizer, step_bar, train_loader
+
+    dev = pick_device(device or cfg.device)
     out.mkdir(parents=True, exist_ok=True)
+    print(f"output: {out} (last.ckpt, best.ckpt, metrics.jsonl, report.json)")
     init = read_checkpoint(cfg.resolve(cfg.student.init)) if cfg.student.init else None
     statistics = None
     if init is not None:  # pretrained weights expect rgb normalized the way they were trained
@@ -217,26 +228,28 @@ def main(config_path: str | Path, device: str | None = None) -> int:
         torch.manual_seed(s_torch)
         model.train()
         sums, t0 = np.zeros(3), time.perf_counter()
-        for batch in train_loader(train_ds, cfg, steps_per_epoch, s_loader, dev):
-            lr = lr_at(step, total, cfg.optimizer.lr, cfg.schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            ones = torch.ones(len(batch["frame"]), device=dev)
-            with torch.autocast(dev.type, dtype=amp) if amp else nullcontext():
-                logits = model(student_input(batch[cfg.data.rgb].to(dev), layout))[:, layout.slice(SEMANTIC)]
-            soft, _ = node_loss(kl, logits, batch[cfg.teacher].to(dev), ones)
-            loss, hard = soft, torch.zeros(())
-            if cfg.loss.hard_weight > 0:
-                hard, _ = node_loss(ce, logits, labels_of(batch, cfg, train_ds, cfg.labels, dev), ones)
-                loss = soft + cfg.loss.hard_weight * hard
-            if not torch.isfinite(loss):
-                raise VreError(f"epoch {epoch + 1}, step {step}: the loss is {float(loss)}; lower optimizer.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            sums += (loss.item(), soft.item(), hard.item())
-            step += 1
+        with step_bar(train_loader(train_ds, cfg, steps_per_epoch, s_loader, dev), steps_per_epoch,
+                      f"epoch {epoch + 1}/{cfg.epochs}") as batches:
+            for batch in batches:
+                lr = lr_at(step, total, cfg.optimizer.lr, cfg.schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                ones = torch.ones(len(batch["frame"]), device=dev)
+                with torch.autocast(dev.type, dtype=amp) if amp else nullcontext():
+                    logits = model(student_input(batch[cfg.data.rgb].to(dev), layout))[:, layout.slice(SEMANTIC)]
+                soft, _ = node_loss(kl, logits, batch[cfg.teacher].to(dev), ones)
+                loss, hard = soft, torch.zeros(())
+                if cfg.loss.hard_weight > 0:
+                    hard, _ = node_loss(ce, logits, labels_of(batch, cfg, train_ds, cfg.labels, dev), ones)
+                    loss = soft + cfg.loss.hard_weight * hard
+                if not torch.isfinite(loss):
+                    raise VreError(f"epoch {epoch + 1}, step {step}: the loss is {float(loss)}; lower optimizer.lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                sums += (loss.item(), soft.item(), hard.item())
+                step += 1
         val = evaluate(model, eval_loader(val_ds, cfg, dev), cfg, val_ds, layout, dev)
         improved = val["agreement_miou"] is not None and (best is None or val["agreement_miou"] > best)
         best = val["agreement_miou"] if improved else best

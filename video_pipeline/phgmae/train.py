@@ -47,15 +47,16 @@ def main(config_path: str | Path, resume: str | Path | None = None, device: str 
         raise Interrupted(interrupted_message(out)) from None
 
 
-def interrupted_message(out: Path) -> str:
-    """What Ctrl-C kept: the epochs `last.ckpt` in `out` holds (metrics.jsonl has one line per epoch)."""
+def interrupted_message(out: Path, resumes: bool = True) -> str:
+    """What Ctrl-C kept: the epochs `last.ckpt` in `out` holds (metrics.jsonl has one line per epoch).
+    `resumes`: whether rerunning the command resumes from it (`vre train`) or starts over (`vre distill`)."""
     log = out / "metrics.jsonl"
     lines = log.read_text().splitlines() if log.is_file() and (out / "last.ckpt").is_file() else []
     if not lines:
         return f"interrupted before the first epoch ended; nothing was saved in {out}"
     epoch = json.loads(lines[-1])["epoch"]
-    return (f"interrupted; {out / 'last.ckpt'} holds epoch {epoch} (the epoch under way is lost); "
-            f"rerun the same command to resume from it")
+    rerun = "rerun the same command to resume from it" if resumes else "rerunning the command starts over"
+    return f"interrupted; {out / 'last.ckpt'} holds epoch {epoch} (the epoch under way is lost); {rerun}"
 
 
 def run_training(cfg: TrainConfig, out: Path, resume: str | Path | None, device: str | None) -> int:
