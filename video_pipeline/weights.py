@@ -21,9 +21,7 @@ import re
 import socket
 import tempfile
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +167,9 @@ def _resolve_url(spec: str, expert: str, sha256: str | None) -> ResolvedWeights:
 
 
 def _download(url: str, target: Path, expected: str, expert: str) -> None:
+    import urllib.error  # here, not at the top: urllib.request costs ~0.2 s of every `vre` start
+    import urllib.request
+
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
