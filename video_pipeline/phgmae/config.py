@@ -106,8 +106,25 @@ class ScheduleConfig:
     cycle_steps: int | None = None
 
 
+class ConfigFile:
+    """What a config read from a file offers (a dataclass with a `path` field)."""
+
+    path: Path
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p)
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain JSON-able data (stored in checkpoints)."""
+        out = dataclasses.asdict(self)
+        out["path"] = str(self.path)
+        return out
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigFile):
     output: str
     data: DataConfig
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -133,18 +150,6 @@ class TrainConfig:
     def modality(self, node: str) -> str:
         """The store array a node is read from."""
         return self.data.modalities.get(node, node)
-
-    def resolve(self, relative: str) -> Path:
-        """A path from the config, relative to the config file's folder."""
-        p = Path(relative).expanduser()
-        return p if p.is_absolute() else (self.path.parent / p)
-
-    def to_dict(self) -> dict:
-        """The resolved config as plain JSON-able data (stored in checkpoints)."""
-        out = dataclasses.asdict(self)
-        out["path"] = str(self.path)
-        return out
-
 
 def parse_frames(value: str | list[int] | None) -> range | list[int] | None:
     """A config frame selection: "A..B" (end-exclusive; "A.." open) -> range, a list stays a list."""

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from video_pipeline.errors import Interrupted, RecipeError, VreError
-from video_pipeline.phgmae.config import (RANGE_RE, FramesConfig, ModelConfig, OptimizerConfig, ScheduleConfig,
-                                          parse_frames, parse_section)
+from video_pipeline.phgmae.config import (RANGE_RE, ConfigFile, FramesConfig, ModelConfig, OptimizerConfig,
+                                          ScheduleConfig, parse_frames, parse_section)
 from video_pipeline.phgmae.engine import NodeLayout, Node, layout_from_dataset, lr_at, target_labels, transfer_weights
 from video_pipeline.phgmae.inference import amp_dtype_for, pick_device, read_checkpoint, save_checkpoint
 from video_pipeline.phgmae.losses import LossSpec, node_loss
@@ -70,7 +70,7 @@ class DistillLoss:
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(ConfigFile):
     output: str
     teacher: str
     data: DistillData
@@ -85,15 +85,6 @@ class DistillConfig:
     seed: int = 0
     device: str = "auto"
     path: Path = Path("distill.yaml")  # the file it was read from (not a key)
-
-    def resolve(self, relative: str) -> Path:
-        p = Path(relative).expanduser()
-        return p if p.is_absolute() else (self.path.parent / p)
-
-    def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["path"] = str(self.path)
-        return out
 
 
 def load_distill_config(path: str | Path) -> DistillConfig:

@@ -358,6 +358,35 @@ class _Sums:
         return {n: (float(self.num[n] / self.den[n]) if float(self.den[n]) > 0 else None) for n in self.num}
 
 
+@dataclass
+class MaskedPass:
+    """A batch through the model under a sampled mask: the batch (after `prepare`), present and mask
+    bool [B, M] (nodes in layout order), targets and predictions per node, and the node losses."""
+
+    batch: Mapping
+    present: torch.Tensor
+    mask: torch.Tensor
+    targets: dict
+    preds: dict
+    losses: dict
+
+
+def masked_pass(model: nn.Module, batch: Mapping, setup: StepSetup, generator: torch.Generator,
+                only_masked: bool, prepare=None) -> MaskedPass:
+    """The step training and evaluation share: inputs, targets and a mask drawn from `generator`,
+    a forward pass with the masked and absent nodes hidden, the node losses (of the masked nodes
+    only, or of every present one)."""
+    if prepare is not None:
+        batch = prepare(batch, setup.device)
+    x, present = node_inputs(batch, setup.layout, setup.device)
+    targets = node_targets(batch, setup.layout, setup.device)
+    mask = sample_mask(x.shape[0], setup.policy, generator).to(setup.device)
+    with setup.autocast():
+        preds = forward_nodes(model, x, mask | ~present, setup.layout)
+    losses = node_losses(preds, targets, mask, present, setup.specs, only_masked, setup.layout)
+    return MaskedPass(batch, present, mask, targets, preds, losses)
+
+
 def train_one_epoch(model: nn.Module, batches: Iterable, setup: StepSetup, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, lr_for_step, step: int, generator: torch.Generator,
                     grad_clip: float | None, where: str = "", prepare=None) -> tuple[dict, int]:
@@ -386,14 +415,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable, setup: StepSetup, optim
         lr = lr_for_step(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if prepare is not None:
-            batch = prepare(batch, setup.device)
-        x, present = node_inputs(batch, setup.layout, setup.device)
-        targets = node_targets(batch, setup.layout, setup.device)
-        mask = sample_mask(x.shape[0], setup.policy, generator).to(setup.device)
-        with setup.autocast():
-            preds = forward_nodes(model, x, mask | ~present, setup.layout)
-        losses = node_losses(preds, targets, mask, present, setup.specs, setup.only_masked, setup.layout)
+        p = masked_pass(model, batch, setup, generator, setup.only_masked, prepare)
+        losses = p.losses
         loss = combine(losses, setup.specs)
         value = loss.item()
         if not math.isfinite(value):
@@ -408,7 +431,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable, setup: StepSetup, optim
         scaler.step(optimizer)
         scaler.update()
         sums.add(losses, value)
-        samples += x.shape[0]
+        samples += p.present.shape[0]
         step += 1
         if first is None:
             first = {"samples": samples, "seconds": time.perf_counter() - t0, "data_seconds": data_s}
@@ -429,22 +452,15 @@ def evaluate(model: nn.Module, batches: Iterable, setup: StepSetup, generator: t
     sums = _Sums()
     metrics = {n.name: ClassMetrics(n.classes) for n in setup.layout.nodes if n.kind in ("class", "soft")}
     for batch in batches:
-        if prepare is not None:
-            batch = prepare(batch, setup.device)
-        x, present = node_inputs(batch, setup.layout, setup.device)
-        targets = node_targets(batch, setup.layout, setup.device)
-        mask = sample_mask(x.shape[0], setup.policy, generator).to(setup.device)
-        with setup.autocast():
-            preds = forward_nodes(model, x, mask | ~present, setup.layout)
-        losses = node_losses(preds, targets, mask, present, setup.specs, True, setup.layout)
-        sums.add(losses, float(combine(losses, setup.specs)))
+        p = masked_pass(model, batch, setup, generator, True, prepare)
+        sums.add(p.losses, float(combine(p.losses, setup.specs)))
         for m, node in enumerate(setup.layout.nodes):
             if node.name not in metrics:
                 continue
-            selected = present[:, m] & mask[:, m]
-            labels = target_labels(node, targets[node.name])[selected]
-            scenes = [s for s, keep in zip(batch["store"], selected.tolist()) if keep]
-            metrics[node.name].update(scenes, preds[node.name][selected].argmax(1), labels)
+            selected = p.present[:, m] & p.mask[:, m]
+            labels = target_labels(node, p.targets[node.name])[selected]
+            scenes = [s for s, keep in zip(p.batch["store"], selected.tolist()) if keep]
+            metrics[node.name].update(scenes, p.preds[node.name][selected].argmax(1), labels)
     nodes = {n: {"loss": v} for n, v in sums.means().items()}
     for name, m in metrics.items():
         nodes[name].update(m.summary())
