@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reliability.figures import record
 from video_pipeline.cli import main
 from video_pipeline.store import VideoStore
 
@@ -59,6 +60,7 @@ def test_preview_default_never_overwrites_the_source_video(tmp_path, small_clip,
     # and the store still holds the video's frames: a rerun has nothing to do
     code, out, _ = vre_main(capsys, "run", "r.yaml", "flight.mp4", "-q")
     assert code == 0 and "nothing to do" in out
+    record("user files", "preview default and -o at the source video or a user's file", "kept", cases=3, deleted=0)
 
 
 # ------------------------------------------------------------------------- 4: -o at a user's folder
@@ -83,6 +85,8 @@ def test_output_at_a_users_folder_is_refused_and_nothing_deleted(tmp_path, small
     theirs.write_bytes(b"a user's file")
     assert vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(store), "-q")[0] == 0
     assert not ours.exists() and theirs.read_bytes() == b"a user's file"
+    record("user files", "-o at a user's folder with *.partial files; a user's file in a store", "kept",
+           cases=2, deleted=0)
 
 
 def test_store_replace_and_bench_keep_refuse_foreign_folders(tmp_path):
@@ -101,6 +105,7 @@ def test_store_replace_and_bench_keep_refuse_foreign_folders(tmp_path):
     with pytest.raises(VreError, match="--keep"):
         bench(os.devnull, os.devnull, keep=str(folder))
     assert (folder / "a.txt").read_text() == "x"
+    record("user files", "store replace, -o a file, bench --keep at a user's folder", "kept", cases=3, deleted=0)
 
 
 def test_demo_keeps_a_users_file_named_like_its_clip(tmp_path, monkeypatch):
@@ -114,6 +119,7 @@ def test_demo_keeps_a_users_file_named_like_its_clip(tmp_path, monkeypatch):
         make_demo_clip(tmp_path / "demo.mp4")
     assert (tmp_path / "demo.mp4").read_bytes() == b"my own video"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.mp4"]
+    record("user files", "demo over a user's demo.mp4", "kept", cases=1, deleted=0)
 
 
 # ------------------------------------------------------------------------- 3: overwrite is atomic
@@ -179,6 +185,8 @@ def test_kill_during_overwrite_with_new_params_never_labels_old_frames_new(tmp_p
         assert resumed["rc"] == 0, (case, resumed["stderr"])
         assert "nothing to do" not in resumed["stdout"], case
         storecheck.assert_same_store(out, fresh)
+        record("overwrite kill", case, "never old frames labelled new; resumed to the new reference", cases=1,
+               silent=0)
 
 
 # ------------------------------------------------------------------------- 2: a store knows its video
@@ -213,6 +221,8 @@ def test_another_video_at_the_same_path_or_of_the_same_length_is_refused(tmp_pat
     copy.write_bytes(kept)
     code, out, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(copy), "-o", str(store), "-q")
     assert code == 0 and "6 frames" in out, err
+    record("other video", "same length; new content at the same path, size and mtime", "refused naming both",
+           cases=2, silent=0)
 
 
 # ------------------------------------------------------------------------- 5: data is verified

@@ -630,6 +630,9 @@ def check_stored_data(store: VideoStore) -> list[str]:
     deleted flag arrays are recreated, and the flags of missing, truncated or damaged shards are
     cleared so this run recomputes them; says so in one line on stderr. Returns the damage found."""
     found = list(store.repaired)
+    for name in store.orphan_flags():  # flags over an array that is gone: never "done"
+        store.remove(name)
+        found.append(f"{name}: array missing, its flags removed")
     for name in store.names:
         if store.repair_flags(name):
             found.append(f"{name}: flags recreated")

@@ -453,6 +453,14 @@ class VideoStore:
         flagged[np.unique(frames // self.shard_frames)] = True
         return flagged
 
+    def orphan_flags(self) -> list[str]:
+        """Names with flag arrays but no modality array (its folder or zarr.json was deleted)."""
+        names = set()
+        for flags in FLAG_GROUPS:
+            if flags in self.group:
+                names |= set(self.group[flags].array_keys())
+        return sorted(n for n in names if n not in self)
+
     def repair_flags(self, name: str) -> bool:
         """Recreate a deleted `_progress/<name>` from `_frames/<name>` (a shard is done when all its
         frames are), or a deleted `_frames/<name>` from `_progress/<name>`; both gone: nothing is
