@@ -90,12 +90,15 @@ def test_import_stays_in_its_tree_and_checks_values(tmp_path):
     savez(src / "train_set" / "flow" / "v_1.npz", flow, False)
     flow[0, 0, 0] = 1e300  # beyond float32: stored as float32 only when exact
     savez(src / "train_set" / "flow" / "v_2.npz", flow, False)
+    (src / "train_set" / "edges").mkdir()
+    (src / "train_set" / "edges" / "v_1.npz").write_bytes(b"PK\x03\x04 cut short")  # the only file: named
     os.symlink(outside, src / "train_set" / "rgb" / "part9")
     os.symlink(outside / "v_9.npz", src / "train_set" / "rgb" / "v_9.npz")
     summary = import_dronescapes(src, tmp_path / "stores")
     why = {Path(s["path"]).relative_to(src).as_posix(): s["why"] for s in summary["skipped"]}
     assert set(why) == {"train_set/rgb/part9", "train_set/rgb/v_9.npz", "train_set/depth/v_2.npz",
-                        "train_set/flow/v_2.npz"}
+                        "train_set/flow/v_2.npz", "train_set/edges/v_1.npz"}
+    assert "no file of modality 'edges' is readable" in why["train_set/edges/v_1.npz"]
     assert "out of the source tree" in why["train_set/rgb/part9"] and "Inf" in why["train_set/depth/v_2.npz"]
     assert "do not fit float32 exactly" in why["train_set/flow/v_2.npz"]
     store = VideoStore.open(tmp_path / "stores" / "v.zarr")

@@ -221,15 +221,17 @@ def infer_kind(name: str, sample: np.ndarray) -> str:
 def plan_modality(mod: Modality, classes: Mapping[str, str], report: Report, where: str) -> bool:
     """Fill `mod`'s attrs, dtype, shape and file format from its first readable file and its hints.
     False (reported) if the modality cannot be stored; VreError for class ids outside its class set."""
-    sample, first = None, None
+    sample, first, failed = None, None, []
     for frame in sorted(mod.files):
         first = mod.files[frame][0][1]
         try:
             sample = read_array(first.read_bytes())
             break
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-            continue  # reported when the frames are read
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            failed.append((first, err))  # reported when the frames are read, if any file is usable
     if sample is None:
+        for path, err in failed:
+            report.skip(path, f"{type(err).__name__}: {err}; no file of modality '{mod.name}' is readable")
         return False
     if sample.ndim not in (2, 3) or sample.dtype.kind not in "buif" or \
             (sample.ndim == 3 and not 1 <= sample.shape[2] <= MAX_CHANNELS):
@@ -251,12 +253,12 @@ def plan_modality(mod: Modality, classes: Mapping[str, str], report: Report, whe
     if kind == "depth" and not attrs.get("quantity") and quantity_of_name(mod.name):
         attrs["quantity"] = quantity_of_name(mod.name)
     if kind == "semantic" and channels == 1:
-        _plan_classes(mod, attrs, classes.get(mod.name), report)
+        _plan_classes(mod, attrs, classes.get(mod.name))
     mod.attrs = attrs
     return True
 
 
-def _plan_classes(mod: Modality, attrs: dict, option: str | None, report: Report) -> None:
+def _plan_classes(mod: Modality, attrs: dict, option: str | None) -> None:
     """Set the class set of a class map and check every file's ids fit it (VreError if not)."""
     if option:
         attrs["classes"], attrs["palette"] = class_set(option)
