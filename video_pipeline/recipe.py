@@ -2,9 +2,9 @@
 
 Validation instantiates every expert (cheap: models load later, in `setup`) and asks each for its
 output spec given its dependencies' specs, so wrong parameters, unknown classes and bad dependency
-kinds are all reported as `FILE:LINE: what is wrong` before a single frame is decoded. A run sets up
-those same instances (`ExpertSpec.expert`) and reuses the weights validation resolved
-(`Recipe.resolve_weights`): each expert is built once, each weight resolved once.
+kinds are all reported as `FILE:LINE: what is wrong` before a single frame is decoded. The first run
+of a recipe sets up those same instances (`Recipe.take_expert`), and every run reuses the weights
+validation resolved (`Recipe.resolve_weights`): each expert is built once, each weight resolved once.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class ExpertSpec:
     # error is raised only if a run needs this expert, so other experts of the recipe still run.
     pending_error: str | None = field(default=None, compare=False)
     # the instance validation built, bound and asked for `output` (None while `output` is): the
-    # run sets this one up rather than building another
+    # first run of the recipe sets this one up rather than building another (`Recipe.take_expert`)
     expert: Expert | None = field(default=None, compare=False, repr=False)
 
     def identity(self) -> dict:
@@ -84,6 +84,17 @@ class Recipe:
     experts: dict[str, ExpertSpec]
     # name -> weights.ResolvedWeights, filled by validation and `resolve_weights` (one resolution each)
     resolved: dict = field(default_factory=dict, compare=False, repr=False)
+    taken: set = field(default_factory=set, compare=False, repr=False)  # see take_expert
+
+    def take_expert(self, name: str) -> tuple[Expert, bool]:
+        """An unloaded instance of expert `name` and whether it is validation's (already configured
+        by its `output`): validation's instance the first time, a fresh one after that, so a run
+        never sets up an instance another run may still hold."""
+        spec = self.experts[name]
+        if spec.expert is not None and name not in self.taken:
+            self.taken.add(name)
+            return spec.expert, True
+        return spec.build(), False
 
     def resolve_weights(self, name: str):
         """The resolved weights of expert `name` (None when it takes none), resolved once per recipe:

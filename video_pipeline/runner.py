@@ -167,16 +167,15 @@ def resolve_weights(recipe: Recipe, names: list[str]) -> dict:
 
 def load_experts(recipe: Recipe, names: list[str], weights: Mapping, device: str | None) -> dict[str, Expert]:
     """Bind and set up the experts `names` with their resolved `weights`: the instances validation
-    built (already configured by their `output`), or fresh ones for experts it could not finish."""
+    built (already configured by their `output`) on a recipe's first load, fresh ones after that
+    or for experts validation could not finish (see `Recipe.take_expert`)."""
     experts = {}
     for name in names:
         spec = recipe.experts[name]
         w = weights.get(name)
-        expert = spec.expert
-        if expert is None:
-            expert = spec.build()
+        expert, validated = recipe.take_expert(name)
         expert.bind(name, spec.deps, spec.weights, w.path if w else None, spec.dtype)
-        if spec.expert is None:  # experts configure themselves from their dependencies' specs
+        if not validated:  # experts configure themselves from their dependencies' specs
             expert.output({d: recipe.experts[d].output for d in spec.deps})
         dev = resolve_device(spec.device or device or recipe.device) if expert.uses_torch else "cpu"
         try:
