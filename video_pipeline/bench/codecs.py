@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from video_pipeline import registry
 from video_pipeline.bench.synthetic import make_bench_store
 from video_pipeline.codecs import CodecSpec, codec_fits
 from video_pipeline.store import ArraySpec, FrameReader, VideoStore
@@ -30,12 +31,10 @@ SHARD = 32
 
 def modalities(video: Path, n: int) -> dict[str, tuple[np.ndarray, str]]:
     """{name: (data [n,540,960,C], kind)}: three from the video, three synthetic."""
-    from experts.color import rgb_to_hsv
-    from experts.edges import canny_edges
-
+    registry.load_entry_points()  # the experts, found as any plugin is (the core never imports them)
     rgb = Video.open(video).read(np.arange(n), size=(540, 960))
-    out = {"rgb": (rgb, "image"), "hsv": (rgb_to_hsv(rgb), "image"),
-           "edges": (canny_edges(rgb, 100, 200), "binary")}
+    out = {"rgb": (rgb, "image"), "hsv": (registry.get_expert("color/hsv")()(rgb, {}), "image"),
+           "edges": (registry.get_expert("edges/canny")(low=100, high=200)(rgb, {}), "binary")}
     with tempfile.TemporaryDirectory() as tmp:
         synthetic = VideoStore.open(make_bench_store(Path(tmp) / "s.zarr", n), "r")
         for name in ("depth", "normals", "semantic"):
