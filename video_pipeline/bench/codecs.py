@@ -2,7 +2,7 @@
 
     python -m video_pipeline.bench.codecs VIDEO [--frames 64]
 
-rgb, hsv and Canny edges come from VIDEO (the experts' own functions); depth, normals and
+rgb, hsv and Canny edges come from VIDEO (the registered experts); depth, normals and
 semantic from the synthetic benchmark store (`bench.synthetic`). Each codec writes whole shards
 through `VideoStore.write_frames` (the runner's path) and reads single frames through
 `FrameReader` (the training loader's path). Speeds are frames per CPU-second of the measuring
