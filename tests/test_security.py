@@ -258,13 +258,19 @@ def snapshot(root: Path, skip: Path) -> dict[str, int]:
 
 @pytest.mark.parametrize("split", ["../escape", "/tmp/absolute", "a/b", "..", ".", '"train\\n"', "''"])
 def test_export_refuses_split_names_that_are_paths(finished, tmp_path, capsys, split):
+    # The output sits two levels down, so a name that climbs out of it still lands under tmp_path,
+    # which is snapshotted with the store's own folder (not the whole session's temporary tree).
+    out = tmp_path / "work" / "out"
+    out.parent.mkdir()
     (tmp_path / "splits.yaml").write_text(f"{split}: {{s: all}}\n")
-    before = snapshot(tmp_path.parent, tmp_path / "out")
-    argv = ["export", "dronescapes", str(finished["store"]), "-o", str(tmp_path / "out"), "--splits",
+    watched = (tmp_path, finished["root"])
+    before = [snapshot(root, out) for root in watched]
+    argv = ["export", "dronescapes", str(finished["store"]), "-o", str(out), "--splits",
             str(tmp_path / "splits.yaml")]
     assert main(argv) == 2
     assert "split name" in one_error_line(capsys)
-    assert not (tmp_path / "out").exists() and snapshot(tmp_path.parent, tmp_path / "out") == before
+    assert not out.exists() and [snapshot(root, out) for root in watched] == before
+    assert not Path("/tmp/absolute").exists()
     record("security", f"export split name {split!r}", "refused", cases=1)
 
 
