@@ -65,6 +65,22 @@ def _batches(loaded: Loaded, paths: Sequence[Path], read: Sequence[str], frames,
 
 
 # ---------------------------------------------------------------------------------------- importance
+def _measured_nodes(loaded: Loaded, paths: Sequence[Path], need: str):
+    """(have, policy, inputs, targets) of an analysis over the stores `paths`: the nodes they all
+    hold, the checkpoint's masking policy restricted to those, the inputs it may show and hide, the
+    targets it hides. VreError `{checkpoint}: {need}, among those in the stores (...)` when either
+    list is empty."""
+    layout = loaded.layout
+    have = stored_nodes(loaded, [VideoStore.open(p) for p in paths])
+    policy = ensemble_policy(layout, [n for n in layout.names if n not in have], loaded.masking)
+    inputs = [n for n in have if n in policy.free]
+    targets = [n for n in have if n not in policy.always_visible]
+    if not inputs or not targets:
+        raise VreError(f"{loaded.path}: {need}, among those in the stores ({', '.join(have)}; always visible: "
+                       f"{', '.join(policy.always_visible) or 'none'})")
+    return have, policy, inputs, targets
+
+
 def importance(loaded: Loaded, paths: Sequence[Path], frames=None, masks: int = 16, seed: int = 0,
                batch_size: int = 2) -> dict:
     """The modality-importance matrix (see the module docstring).
@@ -74,15 +90,8 @@ def importance(loaded: Loaded, paths: Sequence[Path], frames=None, masks: int = 
     behind each cell), masks, frames}.
     """
     layout = loaded.layout
-    stores = [VideoStore.open(p) for p in paths]
-    have = stored_nodes(loaded, stores)
-    policy = ensemble_policy(layout, [n for n in layout.names if n not in have], loaded.masking)
-    inputs = [n for n in have if n in policy.free]
-    targets = [n for n in have if n not in policy.always_visible]
-    if not inputs or not targets:
-        raise VreError(f"{loaded.path}: importance needs a node the training masking both shows and hides, and "
-                       f"one it hides, among those in the stores ({', '.join(have)}; always visible: "
-                       f"{', '.join(policy.always_visible) or 'none'})")
+    have, policy, inputs, targets = _measured_nodes(
+        loaded, paths, "importance needs a node the training masking both shows and hides, and one it hides")
     col = {n: i for i, n in enumerate(layout.names)}
     base = sample_mask(masks, policy, torch.Generator().manual_seed(seed))               # [R, M]
     unique, index = paired_masks(base, [col[m] for m in inputs])                     # [U, M], [R, F, 2]
@@ -133,14 +142,8 @@ def loss_matrix(loaded: Loaded, paths: Sequence[Path], frames=None, batch_size: 
     columns; None where n is m or nothing counted), frames}.
     """
     layout = loaded.layout
-    stores = [VideoStore.open(p) for p in paths]
-    have = stored_nodes(loaded, stores)
-    policy = ensemble_policy(layout, [n for n in layout.names if n not in have], loaded.masking)
-    inputs = [n for n in have if n in policy.free]
-    targets = [n for n in have if n not in policy.always_visible]
-    if not inputs or not targets:
-        raise VreError(f"{loaded.path}: the loss matrix needs inputs the training masking may show and hide, "
-                       f"and targets it hides, among those in the stores ({', '.join(have)})")
+    have, policy, inputs, targets = _measured_nodes(
+        loaded, paths, "the loss matrix needs inputs the training masking may show and hide, and targets it hides")
     col = {n: i for i, n in enumerate(layout.names)}
     columns = [*inputs, *(["always-visible only"] if policy.always_visible else [])]
     masks = torch.ones(len(columns), len(layout.names), dtype=torch.bool)            # [U, M]
