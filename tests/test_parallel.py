@@ -262,3 +262,30 @@ def test_worker_errors_are_one_line(tmp_path, clip):
     r = vre("run", str(recipe), str(clip), "-o", str(tmp_path / "b.zarr"), "--workers", "2", "-q")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "worker process vre-worker-" in r.stderr and "exited with code 3" in r.stderr
+
+
+def test_a_worker_reports_frames_within_a_unit(tmp_path, clip, monkeypatch):
+    """A worker moves its count per expert batch, as the single-process bar moves, so the driver's
+    bar is not stuck while a slow expert works through a shard (8 frames, batches of 2)."""
+    import contextlib
+
+    from video_pipeline import parallel
+    from video_pipeline.runner import open_target, prepare
+
+    plugin = REPO / "tests" / "plugins" / "counting.py"
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", f"plugins: [{plugin}]\nshard_frames: 8\nexperts:\n"
+                                      "  bright: {type: test/brightness, batch_size: 2, params: {delay: 0.02}}\n"))
+    options = RunOptions(frame_spec=("0..16",), progress=False)
+    with contextlib.ExitStack() as held:
+        video, store, frames, _ = open_target(clip, tmp_path / "w.zarr", options, held)
+        prepared = prepare(recipe, video, store, frames, options)
+        spec = parallel.WorkerSpec(str(recipe.path), recipe.sha256, tuple(prepared.computing), prepared.weights,
+                                   None, "stop", None)
+        worker = parallel.Worker(spec, [parallel.Target(str(clip), str(store.path), prepared.size)])
+        monkeypatch.setattr(parallel, "PROGRESS_S", 0.005)
+        reports = []
+        result = worker.run(parallel.Job(0, 0, tuple(prepared.units)), reports.append)
+        worker.close()
+    assert result.error is None and result.stats.frames == 16
+    totals = np.cumsum(reports)
+    assert totals[-1] == 16 and any(t % 8 for t in totals), reports   # some report lies inside a shard

@@ -36,9 +36,9 @@ import numpy as np
 from video_pipeline import errors, registry
 from video_pipeline.errors import DecodeError, RecipeError, VreError, WeightsError
 from video_pipeline.recipe import Recipe, load_recipe
-from video_pipeline.runner import (Prepared, RunOptions, RunStats, Unit, discarded_on_error, execute,
-                                   few_malloc_arenas, load_experts, open_target, prepare, progress_bar,
-                                   resolve_weights)
+from video_pipeline.runner import (FrameCount, Prepared, RunOptions, RunStats, Unit, discarded_on_error,
+                                   execute, few_malloc_arenas, load_experts, open_target, prepare,
+                                   progress_bar, resolve_weights)
 from video_pipeline.store import VideoStore
 from video_pipeline.video import FrameIndex, Video
 
@@ -153,10 +153,11 @@ class Worker:
         try:
             self._load()
             store, video = self._open(job.target)
-            options = RunOptions(on_error=self.spec.on_error, progress=False)
-            with _reporting(stats, report):
+            options = RunOptions(on_error=self.spec.on_error, progress=True)
+            count = FrameCount()  # moved per expert batch, as the single-process bar is
+            with _reporting(count, report):
                 execute(self.recipe, self.experts, video, store, list(job.units),
-                        self.targets[job.target].size, options, stats)
+                        self.targets[job.target].size, options, stats, count)
         except Exception as err:  # noqa: BLE001 - handed back to the driver, which raises it
             return JobResult(job.id, stats, (type(err).__name__, str(err), getattr(err, "frame", None),
                                              traceback.format_exc()))
@@ -208,15 +209,15 @@ class Worker:
 
 
 @contextlib.contextmanager
-def _reporting(stats: RunStats, report: Callable[[int], object]):
-    """Call `report(n)` with the frames `stats` gained, every PROGRESS_S while the body runs and
-    once at its end."""
+def _reporting(count: FrameCount, report: Callable[[int], object]):
+    """Call `report(n)` with the whole frames `count` gained, every PROGRESS_S while the body runs
+    and once at its end."""
     sent = 0
     stop = threading.Event()
 
     def flush():
         nonlocal sent
-        n = stats.frames
+        n = int(count.n + 1e-6)  # fractions of a unit add up to whole frames up to rounding
         if n > sent:
             report(n - sent)
             sent = n

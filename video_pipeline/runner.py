@@ -265,6 +265,26 @@ class BarProgress:
         self.moved = 0.0
 
 
+class FrameCount:
+    """What BarProgress moves in a worker process: a count of frames (fractions within a unit) that
+    the worker reports to the driver's bar; it draws nothing."""
+
+    mininterval = float("inf")  # never asks for a redraw
+    last_print_t = 0.0
+
+    def __init__(self):
+        self.n = 0.0
+
+    def update(self, n: float) -> None:
+        self.n += n
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class UnitExecutor:
     """Runs the experts of a recipe on decoded units, in dependency order, in memory."""
 
