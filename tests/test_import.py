@@ -190,3 +190,20 @@ def test_lists_of_the_public_tree_name_their_splits(tmp_path):
     ds = StoreDataset(tmp_path / "stores" / f"{COMANA}.zarr", split="train_files_6", modalities=["rgb"])
     assert [item["frame"] for item in ds] == [10, 11]
     assert len(PUBLIC_LISTS["train_files_6.txt"]) == 6
+
+
+def test_split_lists_serve_as_split_files(tmp_path, capsys):
+    src = tmp_path / "data"
+    public_tree(src)
+    import_dronescapes(src, tmp_path / "stores")
+    stores = [str(tmp_path / "stores" / f"{v}.zarr") for v in (BARSANA, COMANA)]
+    assert vre_main(["export", "dronescapes", *stores, "-o", str(tmp_path / "out"), "--modalities", "rgb",
+                     "--splits", str(src / "train_files_6.txt"), "--splits", str(src / "test_files_3.txt")]) == 0
+    assert json.loads(capsys.readouterr().out)["splits"] == {"test_files_3": 3, "train_files_6": 6}
+    assert sorted(p.name for p in (tmp_path / "out" / "test_files_3" / "rgb").iterdir()) == [
+        f"{BARSANA}_4.npz", f"{BARSANA}_5.npz", f"{COMANA}_12.npz"]
+    ds = StoreDataset(stores[1], split="train_files_6", splits_file=src / "train_files_6.txt", modalities=["rgb"])
+    assert [item["frame"] for item in ds] == [10, 11]
+    (tmp_path / "bad.txt").write_text(f"{BARSANA}/1\n{BARSANA}:2\n")
+    with pytest.raises(VreError, match=r"bad\.txt:2: .* is not <video>/<frame>"):
+        export_dronescapes([Path(stores[0])], tmp_path / "o2", tmp_path / "bad.txt", 1, None)

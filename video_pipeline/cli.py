@@ -158,7 +158,7 @@ def cmd_export(args) -> int:
         raise VreError(f"{out}: exists and is not a folder; -o names the folder the dataset is written to")
 
     summary = export_dronescapes([Path(s) for s in args.store], Path(args.output),
-                                 splits=Path(args.splits) if args.splits else None, n_jobs=args.jobs,
+                                 splits=[Path(f) for f in args.splits] if args.splits else None, n_jobs=args.jobs,
                                  modalities=args.modalities)
     print(json.dumps(summary))
     return 0
@@ -326,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     xd = xs.add_parser("dronescapes", help="DIR/<split>/<modality>/<video>_<frame>.npz")
     xd.add_argument("store", nargs="+")
     xd.add_argument("-o", "--output", required=True)
-    xd.add_argument("--splits", help="YAML file mapping videos and frame ranges to split names")
+    xd.add_argument("--splits", action="append", metavar="FILE",
+                    help="YAML file mapping videos and frame ranges to split names, or a .txt split list "
+                         "(<video>/<frame> per line, one split named by the file); repeat for several")
     xd.add_argument("--modalities", nargs="+", help="export only these modalities")
     xd.add_argument("-j", "--jobs", type=int, default=2, help="parallel writer processes (joblib)")
     xd.set_defaults(func=cmd_export)

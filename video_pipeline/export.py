@@ -39,13 +39,45 @@ ALL = "all"  # the split every frame goes to without a split file
 VOLATILE_ATTRS = ("statistics", "skipped", "revision")  # array attrs that are not a description
 SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")  # \Z: "$" would let a final newline in
 RANGE_RE = re.compile(r"^(\d*)\.\.(\d*)$")
+LIST_LINE_RE = re.compile(r"^(?P<video>[^/\s]+)/(?P<frame>\d+)$")  # a split list line: <video>/<frame>
 
 # ---------------------------------------------------------------------------------------- split files
-def load_splits(path: Path) -> dict[str, dict[str, list]]:
-    """Read a split file: {split: {video: [all | (start, stop|None) | frame number, ...]}}.
+def load_splits(path: Path | Sequence[Path]) -> dict[str, dict[str, list]]:
+    """Read split files: {split: {video: [all | (start, stop|None) | frame number, ...]}}.
 
-    Raises RecipeError `FILE:LINE: what is wrong`.
+    A YAML file names its splits; a `.txt` split list (the public dataset's `train_files_*.txt`,
+    one `<video>/<frame>` per line) is one split named by its file stem. Several files are merged;
+    a split name may appear once. Raises RecipeError `FILE:LINE: what is wrong`.
     """
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    out: dict[str, dict[str, list]] = {}
+    for one in paths:
+        for split, videos in (_load_list(one) if one.suffix == ".txt" else _load_yaml_splits(one)).items():
+            if split in out:
+                raise RecipeError(f"{one}: split '{split}' is already named by another split file")
+            out[split] = videos
+    return out
+
+
+def _load_list(path: Path) -> dict[str, dict[str, list]]:
+    """A `.txt` split list -> {stem: {video: [frame, ...]}}."""
+    if not SPLIT_NAME_RE.match(path.stem):
+        raise RecipeError(f"{path}: split name {path.stem!r} must be a folder name (letters, digits, _ . -)")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{path}: cannot read the split list ({err})") from None
+    videos: dict[str, list] = {}
+    for number, line in enumerate(lines, 1):
+        m = LIST_LINE_RE.match(line.strip())
+        if m:
+            videos.setdefault(m["video"], []).append(int(m["frame"]))
+        elif line.strip():
+            raise RecipeError(f"{path}:{number}: {line.strip()[:80]!r} is not <video>/<frame>")
+    return {path.stem: videos}
+
+
+def _load_yaml_splits(path: Path) -> dict[str, dict[str, list]]:
     data = load_yaml(path, "split file")
     out = {}
     for split, videos in data.items():
@@ -149,7 +181,7 @@ def description(attrs: Mapping, name: str, fmt: FileFormat) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- export
-def export_dronescapes(stores: list[Path], out_dir: Path, splits: Path | None, n_jobs: int,
+def export_dronescapes(stores: list[Path], out_dir: Path, splits: Path | Sequence[Path] | None, n_jobs: int,
                        modalities: list[str] | None) -> dict:
     """`vre export dronescapes`: write stores in the Dronescapes layout; returns a JSON-safe summary.
 

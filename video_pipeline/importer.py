@@ -36,6 +36,7 @@ import numpy as np
 from video_pipeline import __version__
 from video_pipeline.dronescapes import DRONESCAPES_CLASSES, DRONESCAPES_PALETTE
 from video_pipeline.errors import StoreError, VreError
+from video_pipeline.export import LIST_LINE_RE
 from video_pipeline.npzfile import FileFormat, ZipFacts, read_array, zip_facts
 from video_pipeline.quantities import INVERSE_DEPTH, METRIC_DEPTH, RELATIVE_DEPTH
 from video_pipeline.recipe import NAME_RE, RESERVED_NAMES, sha256_of
@@ -43,7 +44,6 @@ from video_pipeline.store import ArraySpec, VideoStore, shard_groups
 
 FILE_RE = re.compile(r"^(?P<video>.+)_(?P<frame>\d+)\.(?P<ext>npz|npy)$")  # Dronescapes: <video>_<frame>
 VRE_FILE_RE = re.compile(r"^(?P<frame>\d+)\.(?P<ext>npz|npy)$")  # VRE: <frame>.npz
-LIST_LINE_RE = re.compile(r"^(?P<video>[^/\s]+)/(?P<frame>\d+)$")
 NO_LABEL = 255
 MAX_CHANNELS = 4096
 SHARD_FRAMES = 32
