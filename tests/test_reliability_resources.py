@@ -142,24 +142,28 @@ def test_read_only_store_is_read_and_not_written(data, tmp_path, capsys):
 def test_simulated_write_failure_is_one_line_and_the_store_resumes(data, tmp_path, capsys, monkeypatch, nth):
     """The same without a mount: zarr's nth file write of the run's 98 fails with ENOSPC (1, 20: the
     metadata; 60: a shard in the middle; 97: the last shard's flags)."""
+    import contextlib
+
     from zarr.storage import _local
 
-    real = _local._put
+    real = _local._atomic_write  # every object write: zarr's own and store.py's whole-shard writer
     count = {"n": 0}
 
-    def put(path, value, exclusive=False):
+    @contextlib.contextmanager
+    def atomic_write(path, mode, exclusive=False):
         count["n"] += 1
         if count["n"] >= nth:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, value, exclusive=exclusive)
+        with real(path, mode, exclusive) as f:
+            yield f
 
     out = tmp_path / "s.zarr"
     argv = ["run", str(data["recipe"]), str(data["clip"]), "-o", str(out), "-q"]
-    monkeypatch.setattr(_local, "_put", put)
+    monkeypatch.setattr(_local, "_atomic_write", atomic_write)
     assert main(argv) == 2
     line = one_error_line(capsys)
     assert "No space left on device" in line and str(out) in line
-    monkeypatch.setattr(_local, "_put", real)
+    monkeypatch.setattr(_local, "_atomic_write", real)
     done = storecheck.durable(out, data["ref"])
     assert main(argv) == 0
     storecheck.assert_same_store(out, data["ref"])

@@ -25,7 +25,9 @@ it), then its `_progress` flag (if the shard is complete), then its `_frames` en
 plan from. A killed run can only leave frames whose `_frames` entry is 0: they are recomputed, and
 rewriting them sets every flag again. (Flags in the other order would leave a shard whose frames
 are all done, so no run writes it again, and whose `_progress` flag stays 0.) Both flags are only
-ever set over written data. Temporary `*.partial` files left by a kill are removed on open.
+ever set over written data. zarr's temporary files left by a kill (`<name>.<32 hex>.partial`) are
+removed on open, only in a folder that is a store of ours (`store_owner`). Every chunk carries a
+crc32c; `check_shards` finds damaged shards cheaply (every run) or by reading them (`vre verify`).
 Every writer owns whole shards, and every flag array has one chunk per shard, so concurrent writers
 never touch the same object.
 """
