@@ -289,3 +289,22 @@ def test_a_worker_reports_frames_within_a_unit(tmp_path, clip, monkeypatch):
     assert result.error is None and result.stats.frames == 16
     totals = np.cumsum(reports)
     assert totals[-1] == 16 and any(t % 8 for t in totals), reports   # some report lies inside a shard
+
+
+def test_the_driver_bar_says_workers_load_weights_until_the_first_frames_arrive():
+    from types import SimpleNamespace
+
+    from video_pipeline import parallel
+
+    run = SimpleNamespace(targets=[SimpleNamespace(store="/x/a.zarr")], jobs=[SimpleNamespace(n_frames=10)],
+                          options=RunOptions(progress=True),
+                          prepared=[SimpleNamespace(computing=["rgb", "seg"], weights={"seg": object(), "rgb": None})])
+    bar = parallel._bar(run)
+    try:
+        assert bar.postfix == "workers loading weights: seg"
+        parallel._advance(bar, 0)
+        assert bar.postfix == "workers loading weights: seg" and bar.n == 0
+        parallel._advance(bar, 3)
+        assert not bar.postfix and bar.n == 3
+    finally:
+        bar.close()

@@ -356,8 +356,22 @@ def _worker_spec(run: _Run, threads: int | None) -> WorkerSpec:
 
 
 def _bar(run: _Run):
+    """The driver's bar over every job's frames; until the first frames arrive it says which
+    weights the workers are loading."""
     desc = Path(run.targets[0].store).name if len(run.targets) == 1 else f"{len(run.targets)} videos"
-    return progress_bar(sum(j.n_frames for j in run.jobs), desc, run.options.progress)
+    bar = progress_bar(sum(j.n_frames for j in run.jobs), desc, run.options.progress)
+    learned = sorted({n for p in run.prepared for n in p.computing if p.weights.get(n) is not None})
+    if learned and run.options.progress:
+        bar.set_postfix_str(f"workers loading weights: {', '.join(learned)}")
+    return bar
+
+
+def _advance(bar, frames: int) -> None:
+    """Move the driver's bar by the frames workers reported (the loading note goes with the first)."""
+    if frames:
+        if getattr(bar, "postfix", None):
+            bar.set_postfix_str("", refresh=False)
+        bar.update(frames)
 
 
 # ---------------------------------------------------------------------------------------- local processes
@@ -408,7 +422,7 @@ class _Pool:
                         proc.join()
                         raise _worker_died(proc) from None
                     if kind == "progress":
-                        bar.update(payload)
+                        _advance(bar, payload)
                         continue
                     remaining -= 1
                     run.collect(payload)
@@ -544,7 +558,7 @@ def _run_ray(run: _Run, address: str, n_workers: int) -> None:
                     actor, (job, attempt) = free.pop(), todo.popleft()
                     running[actor.run_job.remote(job, progress)] = (actor, job, attempt)
                 done, _ = ray.wait(list(running), num_returns=1, timeout=PROGRESS_S)
-                bar.update(ray.get(progress.take.remote()))
+                _advance(bar, ray.get(progress.take.remote()))
                 for ref in done:
                     actor, job, attempt = running.pop(ref)
                     try:
@@ -569,7 +583,7 @@ def _run_ray(run: _Run, address: str, n_workers: int) -> None:
                         continue
                     free.append(actor)
                     run.collect(result)
-            bar.update(ray.get(progress.take.remote()))
+            _advance(bar, ray.get(progress.take.remote()))
     finally:
         for actor in actors:
             ray.kill(actor)
