@@ -45,5 +45,7 @@ def demo(folder: Path | None = None, device: str | None = None) -> Path:
     stats = run(load_recipe(recipe_path), clip, store_path, RunOptions(device=device))
     print(f"store:  {store_path}  ({stats.frames} frames in {stats.wall:.1f} s)\n")
     print(describe_store(store_path))
-    print(f"\nnext: vre preview {store_path} -o {folder / 'preview.png'}")
+    print(f"\nnext: vre preview {store_path} -o {folder / 'preview.png'}\n"
+          f"      vre view {store_path}          # scrub the frames in a browser\n"
+          f"      vre train --example pretrain > {folder / 'pretrain.yaml'}   # train on this store")
     return store_path
