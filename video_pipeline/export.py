@@ -297,7 +297,7 @@ def _export_block(out_dir: Path, store_path: str, video: str, names: Sequence[st
         arr_handle = store.array(name)
         attrs = dict(arr_handle.attrs)
         fmt = file_format(attrs, str(arr_handle.dtype), int(arr_handle.shape[-1]))
-        facts = store.file_facts(name)
+        facts = store.file_facts(name, int(positions[0]), int(positions[-1]) + 1)  # this block's rows
         subfolders = list((attrs.get("file") or {}).get("folders") or [])
         done = store.done_frames(name)[positions]
         if not done.any():
@@ -312,7 +312,7 @@ def _export_block(out_dir: Path, store_path: str, video: str, names: Sequence[st
                     encoded[r] = fmt.encode(data[row[r]])
                 zip_facts, folder = NEW_FILE, ""
                 if facts is not None:
-                    kept = facts[positions[r]]
+                    kept = facts[positions[r] - positions[0]]
                     choice = folders.index(split) if split in folders else int(np.argmax(kept[:, 0] >= 0))
                     zip_facts = ZipFacts.unpack(kept[choice, :ZipFacts.WIDTH]) or NEW_FILE
                     folder = subfolders[kept[choice, -1]] + "/" if kept[choice, -1] >= 0 else ""

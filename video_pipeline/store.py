@@ -301,13 +301,16 @@ class VideoStore:
         split folder in `meta["imported_from"]["split_folders"]` order, `ZipFacts.pack()`; -1 where
         none; the last column: the subfolder, see importer.FACTS_WIDTH), so an export rewrites
         those files byte for byte."""
+        table = np.asarray(table, np.int64)
         with writing(self.path, f"the file facts of '{name}'"):
-            self.group.create_array(f"_npz/{name}", data=np.asarray(table, np.int64), overwrite=True)
+            arr = self.group.create_array(f"_npz/{name}", shape=table.shape, dtype="int64", overwrite=True,
+                                          chunks=(self.shard_frames, *table.shape[1:]), fill_value=-1)
+            arr[...] = table
 
-    def file_facts(self, name: str) -> np.ndarray | None:
-        """The table `set_file_facts` kept for `name`, or None."""
+    def file_facts(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+        """Rows [start, stop) of the table `set_file_facts` kept for `name` (one chunk per shard), or None."""
         key = f"_npz/{name}"
-        return self.group[key][...] if key in self.group else None
+        return self.group[key][start:stop] if key in self.group else None
 
     # ----------------------------------------------------------------- arrays
     def ensure_array(self, spec: ArraySpec, height: int, width: int) -> zarr.Array:
