@@ -461,3 +461,26 @@ def test_a_jpeg_cut_short_in_an_image_folder_ends_in_one_line_keeping_earlier_fr
     code, _, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(folder), "-o", str(tmp_path / "s.zarr"), "-q")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "frame 3" in err and "f03.jpg is cut short" in err
     assert VideoStore.open(tmp_path / "s.zarr").done_frames("rgb").tolist() == [True] * 3 + [False] * 3
+
+
+def test_readers_refuse_a_missing_or_truncated_shard_before_any_rerun(tmp_path, small_clip, capsys):
+    """Without a rerun of `vre run`, a deleted or cut shard under a done flag is never exported,
+    counted in statistics or handed to training as fill values."""
+    from video_pipeline.dataset import StoreDataset
+    from video_pipeline.errors import StoreError
+
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    store = tmp_path / "s.zarr"
+    assert vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(store), "-q")[0] == 0
+    (store / "rgb" / "c" / "1" / "0" / "0" / "0").unlink()
+    data = (store / "edges" / "c" / "0" / "0" / "0" / "0").read_bytes()
+    (store / "edges" / "c" / "0" / "0" / "0" / "0").write_bytes(data[:40])
+    for argv in (["export", "dronescapes", str(store), "-o", str(tmp_path / "x"), "-j", "1"], ["stats", str(store)]):
+        code, _, err = vre_main(capsys, *argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "is damaged" in err, (argv, err)
+    with pytest.raises(StoreError, match="shard 1 of 'rgb' is damaged .missing."):
+        StoreDataset(store, modalities=["rgb"])
+    with pytest.raises(StoreError, match="shard 0 of 'edges' is damaged .truncated"):
+        StoreDataset(store, modalities=["edges"])
+    assert vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(store), "-q")[0] == 0
+    assert len(StoreDataset(store, modalities=["rgb", "edges"])) == 10

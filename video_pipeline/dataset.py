@@ -207,6 +207,7 @@ def modality_stats(store: VideoStore, name: str, recompute: bool = False) -> dic
 def compute_stats(store_path: str | Path, recompute: bool = False) -> dict:
     """`vre stats`: {modality: statistics} of every modality of a store (cached, see modality_stats)."""
     store = VideoStore.open(store_path)
+    store.require_intact()
     return {name: modality_stats(store, name, recompute) for name in store.names}
 
 
@@ -337,6 +338,8 @@ class StoreDataset(torch.utils.data.Dataset):
         self.compact = compact
         self.modalities = list(modalities) if modalities is not None else list(
             dict.fromkeys(n for s in opened for n in s.names))
+        for store in opened:  # never read a missing or truncated shard back as fill values
+            store.require_intact(self.modalities)
         self.specs = self._specs(opened, one_hot)
         self.resolution = tuple(resolution) if resolution else None
         self.crop = tuple(crop) if crop else None

@@ -213,6 +213,7 @@ def export_dronescapes(stores: list[Path], out_dir: Path, splits: Path | Sequenc
             if name not in available:
                 raise StoreError(f"{store.path}: has no modality '{name}' (it has: {', '.join(available)}); "
                                  f"drop it from --modalities")
+        store.require_intact(names)
         numbers = store.frame_numbers()
         folders = None if split_spec else recorded_folders(store)
         if split_spec:

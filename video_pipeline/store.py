@@ -523,6 +523,19 @@ class VideoStore:
                 bad.append((shard, why))
         return bad
 
+    def require_intact(self, names=None) -> None:
+        """StoreError naming the first damaged shard (cheap check, see `check_shards`) of modalities
+        `names` (default: all): readers call it so a missing or truncated shard is never read back
+        as fill values under a done flag."""
+        for name in self.names if names is None else [n for n in names if n in self]:
+            flagged = self.flagged_shards(name)
+            bad = [(s, why) for s, why in self.check_shards(name) if s < 0 or flagged[s]]
+            if bad:
+                shard, why = bad[0]
+                more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+                raise StoreError(f"{self.path}: shard {shard} of '{name}' is damaged ({why}){more}; rerun "
+                                 f"`vre run` on this store: it recomputes damaged shards")
+
     def shard_path(self, name: str, shard: int) -> Path:
         """The file of shard `shard` of `name` (store.py's layout: shards span whole frames)."""
         return self.path / name / "c" / str(shard) / "0" / "0" / "0"
