@@ -4,11 +4,12 @@ Runs under the Python of a separate virtual environment with VRE installed from 
 (`pip install video-representations-extractor`), never under ours; nothing of VRE is imported by
 the project. Usage:
 
-    VRE_PYTHON benchmarks/vre_oracle.py NODE INPUTS.npz OUTPUTS.npz [PARAMS_JSON]
+    VRE_PYTHON benchmarks/vre_oracle.py NODE[;NODE...] INPUTS.npz OUTPUTS.npz [PARAMS_JSON]
 
 INPUTS.npz holds `frames` (uint8 [N,H,W,3]) and, for nodes with dependencies, their arrays under
 the dependency's name (depth [N,H,W,1], raw Mask2Former label maps uint8 [N,H,W], normals
-[N,H,W,3]). OUTPUTS.npz gets `out`: VRE's output [N,H,W,C] as VRE computes it in memory.
+[N,H,W,3]). OUTPUTS.npz gets, under each node's name, VRE's output [N,H,W,C] as VRE computes it
+in memory. PARAMS_JSON holds the nodes' parameters: one set for every node, or {node: params}.
 NODE is a VRE type (`color/rgb`, `color/hsv`, `edges/canny`, `normals/depth-svd`,
 `soft-segmentation/python-halftone`, `soft-segmentation/generalized-boundaries`) or `mapper:NAME`
 for a derived task of the `semantic_mapper` example (its file, from VRE's git repository, lies in
@@ -22,16 +23,16 @@ import sys
 
 import numpy as np
 
-# VRE type -> (module, class) of its built-in repository (imported one by one: the whole repository
-# needs GPU builds of torchvision operators).
+# VRE type -> (module, class, dependencies it takes by default) of its built-in repository (imported
+# one by one: the whole repository needs GPU builds of torchvision operators).
 REPRESENTATIONS = {
-    "color/rgb": ("vre_repository.color.rgb", "RGB"),
-    "color/hsv": ("vre_repository.color.hsv", "HSV"),
-    "edges/canny": ("vre_repository.edges.canny", "Canny"),
-    "normals/depth-svd": ("vre_repository.normals.depth_svd", "DepthNormalsSVD"),
-    "soft-segmentation/python-halftone": ("vre_repository.soft_segmentation.halftone", "Halftone"),
+    "color/rgb": ("vre_repository.color.rgb", "RGB", []),
+    "color/hsv": ("vre_repository.color.hsv", "HSV", ["rgb"]),
+    "edges/canny": ("vre_repository.edges.canny", "Canny", []),
+    "normals/depth-svd": ("vre_repository.normals.depth_svd", "DepthNormalsSVD", []),
+    "soft-segmentation/python-halftone": ("vre_repository.soft_segmentation.halftone", "Halftone", []),
     "soft-segmentation/generalized-boundaries": ("vre_repository.soft_segmentation.generalized_boundaries",
-                                                 "GeneralizedBoundaries"),
+                                                 "GeneralizedBoundaries", []),
 }
 
 
@@ -41,14 +42,17 @@ def run_representation(node: str, inputs: dict, params: dict) -> np.ndarray:
 
     from vre.utils import MemoryData, ReprOut
 
-    module, name = REPRESENTATIONS[node]
+    module, name, default_deps = REPRESENTATIONS[node]
     cls = getattr(importlib.import_module(module), name)
-    deps = params.pop("dependencies", [])
+    deps = params.pop("dependencies", default_deps)
     if deps:  # VRE checks its dependencies' types; the data itself comes in below
+        from vre_repository.color.rgb import RGB
         from vre_repository.depth import DepthRepresentation
 
-        params["dependencies"] = [DepthRepresentation(d, min_depth=0, max_depth=1) for d in deps]
+        params["dependencies"] = [RGB(d) if d == "rgb" else DepthRepresentation(d, min_depth=0, max_depth=1)
+                                  for d in deps]
     rep = cls(name="oracle", **params)
+    inputs.setdefault("rgb", inputs["frames"])
     frames = inputs["frames"]
     ixs = list(range(len(frames)))
     dep_data = [ReprOut(frames=frames, output=MemoryData(inputs[d]), key=ixs) for d in deps]
@@ -58,18 +62,21 @@ def run_representation(node: str, inputs: dict, params: dict) -> np.ndarray:
 def run_mapper(name: str, inputs: dict) -> np.ndarray:
     """A derived task of VRE's semantic_mapper example, from its dependencies' data, frame by frame.
 
-    Raw Mask2Former label maps are one-hot encoded as VRE's readers hand them to `merge_fn`.
+    Label maps (raw Mask2Former or converted, uint8 [N,H,W]) are one-hot encoded as VRE's readers
+    hand them to `merge_fn`; a dependency missing from `inputs` that is itself a derived task is
+    computed first (its argmax kept), so `semantic_output` runs on VRE's own converted maps.
     """
     from vre.utils import MemoryData
 
     sys.path.insert(0, os.environ["VRE_SEMANTIC_MAPPER"])
     import semantic_mapper  # noqa: E402  (VRE's example, from its repository)
 
-    tasks = semantic_mapper.get_new_semantic_mapped_tasks()
-    task = tasks[name]
-    n = len(inputs["frames"])
+    task = semantic_mapper.get_new_semantic_mapped_tasks()[name]
+    for dep in task.dependencies:
+        if dep.name not in inputs:
+            inputs[dep.name] = run_mapper(dep.name, inputs).argmax(-1).astype(np.uint8)
     out = []
-    for i in range(n):
+    for i in range(len(inputs["frames"])):
         dep_data = []
         for dep in task.dependencies:
             data = inputs[dep.name][i]
@@ -81,12 +88,17 @@ def run_mapper(name: str, inputs: dict) -> np.ndarray:
 
 
 def main() -> None:
-    node, src, dst = sys.argv[1:4]
+    nodes, src, dst = sys.argv[1:4]
     params = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
     inputs = dict(np.load(src))
-    out = run_mapper(node[len("mapper:"):], inputs) if node.startswith("mapper:") else \
-        run_representation(node, inputs, params)
-    np.savez(dst, out=out)
+    names = nodes.split(";")
+    per_node = bool(params) and set(params) <= set(names)  # {node: its params} or one set for all
+    outputs = {}
+    for node in names:
+        node_params = dict(params.get(node, {}) if per_node else params)
+        outputs[node] = run_mapper(node[len("mapper:"):], inputs) if node.startswith("mapper:") else \
+            run_representation(node, inputs, node_params)
+    np.savez(dst, **outputs)
 
 
 if __name__ == "__main__":

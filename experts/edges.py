@@ -6,6 +6,8 @@ becomes an ordinary convolution and inference runs plain `conv2d` calls.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import cv2
 import numpy as np
 
@@ -16,19 +18,23 @@ from video_pipeline.registry import register_expert
 from video_pipeline.weights import load_checkpoint
 
 
-def canny_edges(frames: np.ndarray, low: int, high: int, aperture: int = 3, blur: int = 0) -> np.ndarray:
+def canny_edges(frames: np.ndarray, low: int, high: int, aperture: int = 3, blur: int = 0,
+                l2_gradient: bool = False, source: str = "grey") -> np.ndarray:
     """uint8 RGB [N,H,W,3] -> uint8 [N,H,W,1], 1 on an edge pixel, 0 elsewhere.
 
-    `low`/`high` are the hysteresis thresholds on the gradient magnitude of the grey frame, `aperture`
-    the Sobel size (3, 5 or 7), `blur` an odd Gaussian kernel size applied first (0: none).
+    `low`/`high` are the hysteresis thresholds on the gradient magnitude (L1 norm of the Sobel
+    derivatives, or L2 with `l2_gradient`), `aperture` the Sobel size (3, 5 or 7), `blur` an odd
+    Gaussian kernel size applied first (0: none). `source`: "grey" runs on the grey frame; "rgb" on
+    the colour frame, where OpenCV takes at each pixel the channel with the strongest gradient (how
+    the extended Dronescapes `edges_canny` was made).
     """
     n, h, w, _ = frames.shape
     out = np.empty((n, h, w, 1), dtype=np.uint8)
     for i, frame in enumerate(frames):
-        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        image = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if source == "grey" else np.ascontiguousarray(frame)
         if blur:
-            grey = cv2.GaussianBlur(grey, (blur, blur), 0)
-        cv2.Canny(grey, low, high, edges=out[i, :, :, 0], apertureSize=aperture)
+            image = cv2.GaussianBlur(image, (blur, blur), 0)
+        cv2.Canny(image, low, high, edges=out[i, :, :, 0], apertureSize=aperture, L2gradient=l2_gradient)
     # Canny marks edges with 255; the store keeps binary maps as 0/1.
     np.minimum(out, 1, out=out)
     return out
@@ -36,24 +42,28 @@ def canny_edges(frames: np.ndarray, low: int, high: int, aperture: int = 3, blur
 
 @register_expert("edges/canny")
 class Canny(Expert):
-    """Canny edges of the grey frame: uint8 [N,H,W,1] with values 0/1."""
+    """Canny edges of the grey (or colour) frame: uint8 [N,H,W,1] with values 0/1 (see `canny_edges`)."""
 
     batch_size = 32
 
-    def __init__(self, low: int = 100, high: int = 200, aperture: int = 3, blur: int = 0):
+    def __init__(self, low: int = 100, high: int = 200, aperture: int = 3, blur: int = 0,
+                 l2_gradient: bool = False, source: Literal["grey", "rgb"] = "grey"):
         if not 0 <= low <= high:
             raise ValueError(f"need 0 <= low <= high, got low={low}, high={high}")
         if aperture not in (3, 5, 7):
             raise ValueError(f"aperture must be 3, 5 or 7, got {aperture}")
         if blur < 0 or (blur and blur % 2 == 0):
             raise ValueError(f"blur must be 0 (off) or an odd kernel size, got {blur}")
+        if source not in ("grey", "rgb"):
+            raise ValueError(f"source must be grey or rgb, got {source!r}")
         self.low, self.high, self.aperture, self.blur = low, high, aperture, blur
+        self.l2_gradient, self.source = l2_gradient, source
 
     def output(self, deps):
         return OutputSpec(channels=1, kind="binary", value_range=(0, 1))
 
     def __call__(self, frames, deps):
-        return canny_edges(frames, self.low, self.high, self.aperture, self.blur)
+        return canny_edges(frames, self.low, self.high, self.aperture, self.blur, self.l2_gradient, self.source)
 
 
 # --- PiDiNet ---------------------------------------------------------------------------------------

@@ -58,8 +58,9 @@ def vre_python() -> Path:
                 "a venv where `pip install video-representations-extractor` ran")
 
 
-def run_vre_oracle(node: str, inputs: dict, folder: Path, params: dict | None = None):
-    """VRE's output for `node` on `inputs` (see benchmarks/vre_oracle.py); skips without VRE."""
+def run_vre_oracle(nodes: str | list[str], inputs: dict, folder: Path, params: dict | None = None):
+    """VRE's output for a node on `inputs`, or {node: output} for a list of nodes, from one VRE
+    process (see benchmarks/vre_oracle.py); skips without VRE."""
     import json
 
     import numpy as np
@@ -67,10 +68,12 @@ def run_vre_oracle(node: str, inputs: dict, folder: Path, params: dict | None = 
     python = vre_python()
     src, dst = folder / "oracle_in.npz", folder / "oracle_out.npz"
     np.savez(src, **inputs)
-    r = subprocess.run([str(python), str(REPO / "benchmarks" / "vre_oracle.py"), node, str(src), str(dst),
-                        json.dumps(params or {})], capture_output=True, text=True, timeout=300)
+    names = [nodes] if isinstance(nodes, str) else list(nodes)
+    r = subprocess.run([str(python), str(REPO / "benchmarks" / "vre_oracle.py"), ";".join(names), str(src),
+                        str(dst), json.dumps(params or {})], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    return np.load(dst)["out"]
+    outputs = dict(np.load(dst))
+    return outputs[nodes] if isinstance(nodes, str) else outputs
 
 
 def write_recipe(path: Path, text: str) -> Path:

@@ -28,9 +28,9 @@ NORMALS = {"type": "normals/svd", "deps": ["depth"], "params": {"window": 5}}
 # it must refuse (in one line naming the parameter).
 CASES: dict[str, dict] = {
     "color/rgb": {},
-    "color/hsv": {},
+    "color/hsv": {"params": {"method": "float"}, "invalid_params": (("method", "pil"),)},
     "edges/canny": {"params": {"low": 50, "high": 150},
-                    "invalid_params": (("low", 300), ("aperture", 4), ("blur", 4), ("blur", -1))},
+                    "invalid_params": (("low", 300), ("aperture", 4), ("blur", 4), ("blur", -1), ("source", "hsv"))},
     "edges/pidinet": {"weights": "tiny:pidinet"},
     "flow/farneback": {"params": {"levels": 2, "winsize": 9},
                        "invalid_params": (("pyr_scale", 1.0), ("levels", 0), ("poly_n", 6), ("scale", 0))},
@@ -48,6 +48,7 @@ CASES: dict[str, dict] = {
     "semantic/hf": {"weights": "tiny:segformer", "invalid_params": (("output", "logits"),)},
     "semantic/phgmae-distil": {"weights": "tiny:phgmae", "params": {"size": [48, 64]},
                                "invalid_params": (("output", "logits"), ("size", [540]))},
+    "softseg/halftone": {"invalid_params": (("sample", 0), ("percentage", 101), ("angles", [0, 15, 30]))},
     "map/classes": {"params": {"table": "coco-to-dronescapes"},
                     "deps": {"coco": {"type": "semantic/hf", "weights": "tiny:segformer-coco"}},
                     "invalid_params": (("table", "no-such-table"),)},

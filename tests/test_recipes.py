@@ -16,10 +16,10 @@ def test_every_shipped_recipe_validates(monkeypatch, tmp_path):
         assert recipe.experts, path
     full = load_recipe(RECIPES / "dronescapes.yaml")
     # hub models are unresolvable offline: their outputs (and their dependents') wait for the run
-    assert full.experts["m2f_swin_coco"].output is None
-    assert "m2f_swin_mapillary" in full.experts["semantic_output"].pending_error
+    assert full.experts["semantic_mask2former_coco_47429163_0"].output is None
+    assert "mapillary" in full.experts["semantic_output"].pending_error
     # depth/hf reads its depth quantity from the model's config: normals wait for the weights too
-    assert full.experts["depth"].output is None and "depth" in full.experts["normals"].pending_error
+    assert full.experts["depth_dpt"].output is None and "depth_dpt" in full.experts["normals_svd(depth_dpt)"].pending_error
 
 
 def test_offline_recipe_on_the_real_drone_video(tmp_path):
