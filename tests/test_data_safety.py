@@ -378,27 +378,17 @@ def test_plugin_calling_sys_exit_never_ends_in_silent_success(tmp_path, small_cl
 
 
 # ------------------------------------------------------------------------- 6: the decoder decides
-def packed_xvid_avi(path: Path, n: int = 30) -> Path:
-    """An AVI in the DivX/Xvid packed-bitstream style (B-frames in the previous frame's packet, a
-    placeholder packet in their place), made by FFmpeg's libxvid encoder; skip where it is absent."""
-    import shutil
-    import subprocess
-
-    ffmpeg = shutil.which("ffmpeg")
-    if not ffmpeg or "libxvid" not in subprocess.run([ffmpeg, "-hide_banner", "-encoders"], capture_output=True,
-                                                       text=True).stdout:
-        pytest.skip("an ffmpeg command with the libxvid encoder is needed to make a packed-bitstream AVI")
-    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc=size=160x120:rate=25", "-frames:v", str(n), "-c:v", "libxvid", "-bf", "2",
-                    "-vtag", "XVID", str(path)], check=True, timeout=60)
-    return path
+# An AVI in the DivX/Xvid packed-bitstream style (B-frames in the previous frame's packet, a
+# placeholder packet in their place), 12 frames of 64x48 made by FFmpeg's libxvid encoder:
+#   ffmpeg -f lavfi -i testsrc=size=64x48:rate=25 -frames:v 12 -c:v libxvid -bf 2 -vtag XVID packed_xvid.avi
+PACKED_AVI = Path(__file__).parent / "data" / "packed_xvid.avi"
 
 
 def test_packed_bitstream_avi_stores_every_frame_the_decoder_gives(tmp_path, capsys):
     import av
     import zarr
 
-    video = packed_xvid_avi(tmp_path / "packed.avi")
+    video = PACKED_AVI
     with av.open(str(video)) as c:
         sizes = [p.size for p in c.demux(video=0) if p.size]
         assert min(sizes) < 10  # placeholder packets: packets are not frames
