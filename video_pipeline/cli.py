@@ -460,10 +460,11 @@ EXAMPLES = {
     "verify": "vre verify flight.zarr --no-repair",
     "stats": "vre stats flight.zarr other.zarr",
     "export": "vre export dronescapes flight.zarr -o dataset/ --splits splits.yaml",
-    "export dronescapes": "vre export dronescapes flight.zarr -o dataset/ --splits splits.yaml",
+    "export dronescapes": "vre export dronescapes flight.zarr -o dataset/ --splits splits.yaml\n"
+                          "  vre export dronescapes stores/*.zarr -o dataset/   # imported stores: their own splits",
     "import": "vre import dronescapes dronescapes/ -o stores/",
     "import dronescapes": "vre import dronescapes dronescapes/ -o stores/",
-    "import vre": "vre import vre vre_output/ -o flight.zarr",
+    "import vre": "vre import vre vre_output/ -o flight.zarr --config vre_cfg.yaml   # the cfg given to vre",
     "train": "vre train --example teacher > teacher.yaml && vre train teacher.yaml",
     "ensemble": "vre ensemble runs/teacher/best.ckpt flight.zarr -k 8",
     "evaluate": "vre evaluate runs/teacher/best.ckpt flight.zarr --target semantic -k 8",
