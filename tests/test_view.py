@@ -121,6 +121,12 @@ def test_chromium_scrubs_frames_and_blends_modalities_over_the_rgb(served):
         assert page.evaluate("document.getElementById('range-rgb').textContent").startswith(
             f"{rgb[1, ..., 0].min()}..{rgb[1, ..., 0].max()}")
         assert page.wait_for("document.querySelector('.legend img') && document.querySelector('.legend img').naturalWidth") == 128
+        # a run writes the missing edges frames meanwhile: the page follows (completion, state, pixels)
+        VideoStore.open(server.store.path, "r+").write_array(
+            ArraySpec("edges", 1, "uint8", {"kind": "binary"}), edges[:3], np.arange(3, 6))
+        page.wait_for("document.getElementById('done-edges').textContent.trim() === '6/6'", timeout=20)
+        move_slider(4)
+        page.wait_for("document.getElementById('state-edges').textContent === 'computed'")
     finally:
         page.close()
 

@@ -1,8 +1,8 @@
 """`vre view STORE`: a local web page to scrub a store's frames and blend its modalities over the rgb.
 
 A small stdlib HTTP server bound to 127.0.0.1 serves one page (PAGE: HTML + JavaScript, no external
-files) and three kinds of data, each read from the store when asked, so the page follows a run that
-is still writing:
+files) and three kinds of data, each read from the store when asked; the page asks for /api/info
+every 2 s, so it follows a run that is still writing:
 
     /api/info                    JSON: frames, fps, size, base modality, and per modality its kind,
                                  type, classes + palette, value_range and per-frame completion
@@ -169,6 +169,7 @@ PAGE = r"""<!doctype html>
 <script>
 "use strict";
 let info = null, drawing = 0;
+const FOLLOW_MS = 2000;   // how often the page asks which frames are computed
 const layers = {};   // name -> {on, alpha, row elements}
 const view = document.getElementById("view"), ctx = view.getContext("2d");
 const slider = document.getElementById("frame");
@@ -221,14 +222,30 @@ function buildRows() {
     const range = document.createElement("td"); range.id = `range-${m.name}`;
     const label = document.createElement("label"); label.htmlFor = on.id;
     label.textContent = `${m.name} (${m.kind}, ${m.channels}x${m.dtype})`;
-    const done = [...m.done].filter(d => d === "1").length;
-    const cells = [[on, label], [alpha], [completionStrip(m.done), ` ${done}/${m.done.length}`]];
+    const completion = document.createElement("td"); completion.id = `done-${m.name}`;
+    const cells = [[on, label], [alpha]];
     for (const parts of cells) { const td = document.createElement("td"); td.append(...parts); row.append(td); }
-    row.append(state, range, legendOf(m));
+    row.append(completion, state, range, legendOf(m));
     table.append(row);
-    layers[m.name] = {on, alpha, state, range, m};
+    layers[m.name] = {on, alpha, state, range, completion, m};
+    showCompletion(layers[m.name]);
     on.addEventListener("change", draw); alpha.addEventListener("input", draw);
   }
+}
+
+function showCompletion(l) {
+  const done = [...l.m.done].filter(d => d === "1").length;
+  l.completion.replaceChildren(completionStrip(l.m.done), ` ${done}/${l.m.done.length}`);
+}
+
+async function follow() {   // a run may still be writing the store: refresh what is computed
+  const fresh = await (await fetch("api/info")).json();
+  let changed = false;
+  for (const m of fresh.modalities) {
+    const l = layers[m.name];
+    if (l && l.m.done !== m.done) { l.m.done = m.done; showCompletion(l); changed = true; }
+  }
+  if (changed) await draw();
 }
 
 async function draw() {
@@ -269,6 +286,7 @@ async function main() {
   buildRows();
   slider.addEventListener("input", draw);
   await draw();
+  setInterval(follow, FOLLOW_MS);
 }
 main();
 </script></body></html>
