@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from video_pipeline import __version__
-from video_pipeline.bundled import recipe_path
+from video_pipeline.bundled import recipe_names, recipe_path
 from video_pipeline.errors import Interrupted, VreError
 from video_pipeline.yamlio import excerpt
 
@@ -480,7 +480,7 @@ EXAMPLES = {
 }
 # Help of positionals by name, where a command did not give its own.
 POSITIONALS = {
-    "recipe": "recipe YAML, or the name of a bundled recipe (quickstart, cpu-fast, uav-offline, dronescapes)",
+    "recipe": "recipe YAML, or the name of a bundled recipe ({bundled})",
     "video": "video file or folder of images",
     "store": "a store made by `vre run` (a <name>.zarr folder)",
     "checkpoint": "a checkpoint of `vre train` or `vre distill` (.ckpt)",
@@ -498,8 +498,8 @@ def finish(parser: argparse.ArgumentParser, path: str = "") -> None:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 finish(sub, f"{path} {name}".strip())
-        elif not action.option_strings and not action.help:
-            action.help = POSITIONALS.get(action.dest)
+        elif not action.option_strings and not action.help and action.dest in POSITIONALS:
+            action.help = POSITIONALS[action.dest].replace("{bundled}", ", ".join(recipe_names()))
 
 
 def frames_last(argv: list[str]) -> list[str]:
