@@ -36,12 +36,12 @@ def default_output(cls) -> dict | str:
     if cls.n_deps != 0:
         return "follows its dependencies"
     if cls.output_needs_weights:
-        return "follows its weights (e.g. the model's classes)"
+        return "follows its weights (e.g. the model's classes or depth quantity)"
     if any(p.default is p.empty for p in cls.parameters().values()):
         return "follows its parameters"
     out = cls().output({})
     return {"kind": out.kind, "channels": out.channels, "dtype": out.dtype,
-            "classes": list(out.classes), "value_range": out.value_range}
+            "classes": list(out.classes), "value_range": out.value_range, "quantity": out.quantity}
 
 
 def describe_experts(only: str | None = None, as_json: bool = False, plugins=()) -> str:
@@ -76,7 +76,8 @@ def describe_experts(only: str | None = None, as_json: bool = False, plugins=())
         if isinstance(out, dict):
             rng = f" in {list(out['value_range'])}" if out["value_range"] else ""
             cls_names = f", classes {', '.join(out['classes'])}" if out["classes"] else ""
-            lines.append(f"    writes: {out['kind']} {out['dtype']} x{out['channels']}{rng}{cls_names}")
+            quantity = f" ({out['quantity']})" if out.get("quantity") else ""
+            lines.append(f"    writes: {out['kind']}{quantity} {out['dtype']} x{out['channels']}{rng}{cls_names}")
         else:
             lines.append(f"    writes: {out}")
         for pname, p in info["params"].items():
