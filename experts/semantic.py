@@ -77,8 +77,9 @@ class PhgmaeDistil(Expert):
 
     The checkpoint's `hyper_parameters` say which input/output channels belong to which node and hold
     the RGB statistics: frames are resized to `size`, standardized as `(rgb - mean) / std` on 0..255
-    values (no min-max step: the stored mean/std are in 0..255 units), every other input node is zero
-    (masked), and the `semantic_output` node's logits are resized back to the frames' H, W.
+    values (no min-max step: the stored mean/std are in 0..255 units), every other input node is masked
+    (zero, or the values a checkpoint trained with `masking.fill: mean` records), and the
+    `semantic_output` node's logits are resized back to the frames' H, W.
     Params:
       output: "labels" (uint8 class map) or "probabilities" (float16 softmax, 8 channels).
       size: [H, W] the network runs at; None: the size the checkpoint was trained at (540x960).
@@ -123,6 +124,8 @@ class PhgmaeDistil(Expert):
         self._rgb, self._semantic = rgb, semantic
         self._mean = torch.tensor(stats[2], dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(stats[3], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        fill = loaded.layout.fill_vector                   # masked nodes' values (`masking.fill: mean`)
+        self._fill = None if fill is None else fill.to(device).view(1, -1, 1, 1)
 
     def __call__(self, frames: np.ndarray, deps: Mapping[str, np.ndarray]) -> np.ndarray:
         import torch
@@ -134,6 +137,8 @@ class PhgmaeDistil(Expert):
         if (h, w) != tuple(size):
             rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=True)
         x = torch.zeros(n, self.meta.total_channels, *size, device=self.device)     # masked nodes: 0
+        if self._fill is not None:                                                   # or their fill
+            x += self._fill
         x[:, self._rgb] = (rgb - self._mean) / self._std
         with inference(self.device, self.dtype):
             logits = self.model(x)[:, self._semantic]                                # [N, 8, h', w']

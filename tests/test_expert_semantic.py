@@ -211,3 +211,37 @@ def test_hf_needs_resolved_weights_with_class_names(tmp_path):
 def test_label_palette_is_the_pascal_voc_colour_map():
     assert label_palette(6) == ((0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128))
     assert len(set(label_palette(255))) == 255
+
+
+def test_phgmae_distil_masks_with_the_fill_a_checkpoint_records(tmp_path):
+    """A checkpoint trained with `masking.fill: mean` records its fill values: the expert's masked
+    semantic channels hold them, so it computes exactly the masked pass of phgmae/inference."""
+    import torch
+
+    from video_pipeline.phgmae.engine import Node, NodeLayout
+    from video_pipeline.phgmae.inference import load, run_passes
+    from video_pipeline.phgmae.model import build_model, to_checkpoint
+
+    nodes = (Node("rgb", "regression", 3, "rgb"),
+             Node("semantic_output", "class", 8, "semantic", DRONESCAPES_CLASSES, DRONESCAPES_PALETTE))
+    stats = {"rgb": [[0.0] * 3, [255.0] * 3, [110.0] * 3, [50.0] * 3],
+             "semantic_output": [[0.0] * 8, [1.0] * 8, [0.0] * 8, [1.0] * 8]}
+    fill = {"rgb": [0.0] * 3, "semantic_output": [0.6, 0.2, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0]}
+    layout = NodeLayout(nodes, ("semantic_output",), stats, "standardization", (16, 24), fill)
+    model_cfg = {"type": "safeuav", "parameters": {"in_channels": 11, "out_channels": 11, "num_filters": 2}}
+    torch.manual_seed(0)
+    path = tmp_path / "fill.ckpt"
+    torch.save(to_checkpoint(build_model(model_cfg), layout.cfg(model_cfg, {}), stats), path)
+    frames = np.random.default_rng(0).integers(0, 255, (2, 16, 24, 3), dtype=np.uint8)
+    expert = PhgmaeDistil(output="probabilities").bind("semantic", weights_path=path)
+    expert.setup("cpu")
+    got = expert(frames, {}).astype(np.float32)                                      # [2, 16, 24, 8]
+    loaded = load(path)
+    x = torch.zeros(2, 11, 16, 24)
+    x[:, :3] = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() - 110.0) / 50.0
+    raw = run_passes(loaded.model, x, torch.ones(2, 2, dtype=torch.bool), torch.tensor([[False, True]]),
+                     loaded.layout, ["semantic_output"])["semantic_output"][0]
+    assert np.allclose(got, raw.softmax(1).permute(0, 2, 3, 1).numpy(), atol=2e-3)
+    with torch.no_grad():
+        zero_filled = loaded.model(x)[:, 3:].softmax(1).permute(0, 2, 3, 1).numpy()    # semantic channels 0
+    assert not np.allclose(got, zero_filled, atol=2e-3)                                # the fill matters
