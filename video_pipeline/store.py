@@ -451,10 +451,11 @@ class VideoStore:
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     # ----------------------------------------------------------------- integrity
-    def flagged_shards(self, name: str) -> np.ndarray:
-        """bool [n_shards]: shards of `name` holding a frame some flag calls done."""
+    def flagged_shards(self, name: str, done: np.ndarray | None = None) -> np.ndarray:
+        """bool [n_shards]: shards of `name` holding a frame some flag calls done (`done`: its
+        `done_frames`, when the caller has read them already)."""
         flagged = self.done_shards(name).copy()
-        frames = np.flatnonzero(self.done_frames(name))
+        frames = np.flatnonzero(self.done_frames(name) if done is None else done)
         flagged[np.unique(frames // self.shard_frames)] = True
         return flagged
 
@@ -500,11 +501,13 @@ class VideoStore:
             return [(-1, f"its zarr.json is unreadable ({err})")]
         layout = shard_layout(meta, tuple(arr.shape))
         done = self.done_frames(name)
-        flagged = self.flagged_shards(name)
-        direct = layout is not None and layout.frames == self.shard_frames
+        flagged = self.flagged_shards(name, done)
+        n, sf = self.n_frames, self.shard_frames  # properties parse the metadata: once, not per shard
+        direct = layout is not None and layout.frames == sf
+        reader = self.reader(name) if full else None
         bad = []
-        for shard in range(self.n_shards):
-            start, stop = shard_bounds(shard, self.shard_frames, self.n_frames)
+        for shard in range(math.ceil(n / sf)):
+            start, stop = shard_bounds(shard, sf, n)
             why = None
             if direct:  # also unflagged shard files: a damaged one would fail the next write into it
                 path = self.shard_path(name, shard)
@@ -516,7 +519,13 @@ class VideoStore:
                 continue
             if why is None and full:
                 try:
-                    arr[start:stop]
+                    if reader.layout is not None:  # every chunk through its codecs, crc32c checked
+                        for position in range(start, stop):
+                            reader.read(position)
+                    else:
+                        arr[start:stop]
+                except DamagedShard as err:
+                    why = err.why
                 except Exception as err:
                     why = read_failure(err)
             if why:
@@ -744,10 +753,18 @@ def read_failure(err: Exception) -> str:
     return f"does not decode ({type(err).__name__}: {text[:100]})"
 
 
-def damaged_error(root: Path, shard: int, why: str) -> StoreError:
+class DamagedShard(StoreError):
+    """A shard whose data fails its checksum or does not decode; `why` says how."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
+
+
+def damaged_error(root: Path, shard: int, why: str) -> DamagedShard:
     store, name = root.parent, root.name
-    return StoreError(f"{store}: shard {shard} of '{name}' is damaged ({why}); run `vre verify {store}`, "
-                      f"then rerun `vre run` on it to recompute that shard")
+    return DamagedShard(f"{store}: shard {shard} of '{name}' is damaged ({why}); run `vre verify {store}`, "
+                        f"then rerun `vre run` on it to recompute that shard", why)
 
 
 def dir_size(path: Path) -> int:
