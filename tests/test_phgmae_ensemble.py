@@ -34,7 +34,7 @@ def small_store(path: Path, n: int = 6, size=(16, 24), seed: int = 0) -> Path:
     depth = (sem / 4 + 0.05 * rng.random((n, h, w)))[..., None].astype(np.float16)
     return write_store(path, {
         "rgb": (rgb, {"kind": "image", "channels": 3}),
-        "depth": (depth, {"kind": "depth", "channels": 1}),
+        "depth": (depth, {"kind": "depth", "channels": 1, "quantity": "relative_depth"}),
         "semantic": (sem[..., None], {"kind": "semantic", "channels": 1, "classes": CLASSES, "palette": PALETTE})})
 
 
@@ -316,6 +316,7 @@ def test_node_min_confidence_and_fit_frames(setup):
     assert ens.main(args) == 0
     depth = s.array("depth_guess")
     assert depth.shape == (6, 16, 24, 1) and dict(depth.attrs)["kind"] == "depth"
+    assert dict(depth.attrs)["quantity"] == "relative_depth"  # what the modality held
     assert dict(depth.attrs)["params"]["available"] == ["rgb"]          # a predicted node is never shown
     assert dict(s.array("depth_guess_uncertainty").attrs)["measure"] == "variance"
 

@@ -47,6 +47,7 @@ from video_pipeline.phgmae.engine import NodeLayout, target_labels
 from video_pipeline.phgmae.inference import (Loaded, ensemble_masks, ensemble_policy, frame_batches, input_nodes,
                                              is_class, load, pick_device, run_passes, select_positions, to_values,
                                              visible_nodes)
+from video_pipeline.quantities import quantity_of
 from video_pipeline.store import ArraySpec, VideoStore, shard_groups
 
 AGGREGATIONS = ("mean", "median", "vote", "learned")
@@ -324,10 +325,11 @@ def output_specs(plan: Plan, loaded: Loaded, node: str, store: VideoStore, name:
         out = OutputSpec(len(n.classes), "semantic", "float16", n.classes, palette, (0.0, 1.0))
         unc = OutputSpec(1, "features", "float16", value_range=(0.0, math.log(len(n.classes))))
     else:
-        kind = "features"
-        if n.modality in store.names:
-            kind = dict(store.array(n.modality).attrs).get("kind", "features")
-        out = OutputSpec(n.channels, kind if kind in ("depth", "normals", "flow", "image") else "features", "float16")
+        attrs = dict(store.array(n.modality).attrs) if n.modality in store.names else {}
+        kind = attrs.get("kind", "features")
+        kind = kind if kind in ("depth", "normals", "flow", "image") else "features"
+        # a depth ensemble holds what the modality held (consumers read the quantity, never guess)
+        out = OutputSpec(n.channels, kind, "float16", quantity=quantity_of(attrs) if kind == "depth" else None)
         unc = OutputSpec(1, "features", "float16")
     params = plan.params(node, layout)
     common = {"type": TYPE, "params": params, "deps": deps, "weights": loaded.provenance()}
