@@ -269,7 +269,7 @@ def test_damaged_shards_are_found_and_recomputed(tmp_path, small_clip, capsys):
     code, _, err = vre_main(capsys, "export", "dronescapes", str(out), "-o", str(tmp_path / "exp"), "-j", "1")
     assert code == 2 and "shard 0 of 'rgb' is damaged" in err and len(err.strip().splitlines()) == 1
     code, _, err = vre_main(capsys, "verify", str(out))
-    assert code == 3 and "rgb shard 0 (checksum mismatch)" in err and len(err.strip().splitlines()) == 1
+    assert code == 3 and "rgb shard 0 (frame 0: checksum mismatch)" in err and len(err.strip().splitlines()) == 1
     code, stdout, _ = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(out), "-q")
     assert code == 0 and "4 frames" in stdout
     storecheck.assert_same_store(out, ref)
