@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -33,7 +34,7 @@ def bench(store: Path, workers: int, batch_size: int, seconds: float, start_meth
                                          persistent_workers=workers > 0)
     batches = iter(())
     warmup = 2 * max(workers, 1)  # worker start-up and first reads are not the steady state
-    samples, t0 = 0, None
+    samples, t0, delivered, cpu0 = 0, None, 0, _cpu_seconds()
     while t0 is None or time.perf_counter() - t0 < seconds:
         batch = next(batches, None)
         if batch is None:  # next epoch
@@ -41,6 +42,7 @@ def bench(store: Path, workers: int, batch_size: int, seconds: float, start_meth
             continue
         if compact and device != "none":
             batch = dataset.to_float(batch, device)
+        delivered += len(batch["frame"])
         if warmup:
             warmup -= 1
             t0 = time.perf_counter() if not warmup else None
@@ -49,12 +51,23 @@ def bench(store: Path, workers: int, batch_size: int, seconds: float, start_meth
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
+    del batches, loader  # the workers end, so their CPU time is counted
+    cpu_ms = (_cpu_seconds() - cpu0) / delivered * 1e3
     shapes = {k: [*v.shape[1:], str(v.dtype).removeprefix("torch.")] for k, v in batch.items()
               if isinstance(v, torch.Tensor)}
     return {"samples_per_s": round(samples / wall, 1), "samples": samples, "seconds": round(wall, 2),
+            "cpu_ms_per_sample": round(cpu_ms, 1),
             "workers": workers, "batch_size": batch_size, "start_method": start_method or "default",
             "compact": compact, "device": device, "cpus": os.cpu_count(),
             "load_average": round(os.getloadavg()[0], 1), "batch_shapes": shapes}
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its ended children (the loader's workers), user + system.
+    Per delivered sample (warm-up and worker start included) it says what the loader costs
+    whatever else runs on the machine."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
