@@ -35,7 +35,8 @@ def bench(store: Path, workers: int, batch_size: int, seconds: float, start_meth
     batches = iter(())
     warmup = 2 * max(workers, 1)  # worker start-up and first reads are not the steady state
     samples, t0, delivered, cpu0 = 0, None, 0, _cpu_seconds()
-    while t0 is None or time.perf_counter() - t0 < seconds:
+    batch = None
+    while t0 is None or time.perf_counter() - t0 < seconds or batch is None:
         batch = next(batches, None)
         if batch is None:  # next epoch
             batches = iter(loader)
