@@ -474,3 +474,28 @@ def test_readers_refuse_a_missing_or_truncated_shard_before_any_rerun(tmp_path, 
         StoreDataset(store, modalities=["edges"])
     assert vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(store), "-q")[0] == 0
     assert len(StoreDataset(store, modalities=["rgb", "edges"])) == 10
+
+
+def test_another_image_folder_at_the_same_path_is_refused(tmp_path, capsys):
+    import cv2
+
+    from video_pipeline.synth import scene_frames
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (tmp_path / "r.yaml").write_text(RECIPE)
+
+    def fill(seed):
+        for i, f in enumerate(scene_frames(6, (48, 64), seed, False)):
+            cv2.imwrite(str(folder / f"f{i:02d}.png"), f[..., ::-1])
+
+    fill(1)
+    store = tmp_path / "s.zarr"
+    argv = ("run", str(tmp_path / "r.yaml"), str(folder), "-o", str(store), "-q")
+    assert vre_main(capsys, *argv, "--frames", "0..2")[0] == 0
+    fill(2)  # same names, same count: other pictures
+    code, _, err = vre_main(capsys, *argv)
+    assert code == 2 and "never mixes two videos" in err and len(err.strip().splitlines()) == 1, err
+    fill(1)  # the original pictures again (new mtimes): resumes
+    code, out, err = vre_main(capsys, *argv)
+    assert code == 0 and "4 frames" in out, err
