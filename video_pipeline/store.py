@@ -823,6 +823,8 @@ def damaged_nodes(path: Path) -> list[tuple[str, str]]:
     def check(key: str) -> str | None:
         try:
             node = json.loads((path / key / "zarr.json").read_bytes())
+        except FileNotFoundError:  # removed by a writer since the listing: not damage
+            return None
         except OSError as err:
             return f"unreadable: {err.strerror}"
         except ValueError:
@@ -843,7 +845,11 @@ def damaged_nodes(path: Path) -> list[tuple[str, str]]:
         if why:
             out.append((name, why))
         elif name in PRIVATE_GROUPS:
-            for sub in sorted(e.name for e in os.scandir(path / name) if e.is_dir()):
+            try:
+                subs = sorted(e.name for e in os.scandir(path / name) if e.is_dir())
+            except OSError:  # removed by a writer since the listing
+                subs = []
+            for sub in subs:
                 if (path / name / sub / "zarr.json").exists():
                     why = check(f"{name}/{sub}")
                     if why:
