@@ -58,9 +58,10 @@ def vre_python() -> Path:
                 "a venv where `pip install video-representations-extractor` ran")
 
 
-def run_vre_oracle(nodes: str | list[str], inputs: dict, folder: Path, params: dict | None = None):
-    """VRE's output for a node on `inputs`, or {node: output} for a list of nodes, from one VRE
-    process (see benchmarks/vre_oracle.py); skips without VRE."""
+def run_vre_oracle(nodes: list[str], inputs: dict, folder: Path, params: dict | None = None,
+                   env: dict | None = None) -> dict:
+    """{node: VRE's output} for `nodes` on `inputs`, from one VRE process (benchmarks/vre_oracle.py);
+    skips without VRE."""
     import json
 
     import numpy as np
@@ -68,12 +69,61 @@ def run_vre_oracle(nodes: str | list[str], inputs: dict, folder: Path, params: d
     python = vre_python()
     src, dst = folder / "oracle_in.npz", folder / "oracle_out.npz"
     np.savez(src, **inputs)
-    names = [nodes] if isinstance(nodes, str) else list(nodes)
-    r = subprocess.run([str(python), str(REPO / "benchmarks" / "vre_oracle.py"), ";".join(names), str(src),
-                        str(dst), json.dumps(params or {})], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([str(python), str(REPO / "benchmarks" / "vre_oracle.py"), ";".join(nodes), str(src),
+                        str(dst), json.dumps(params or {})], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, **(env or {})})
     assert r.returncode == 0, r.stderr[-2000:]
-    outputs = dict(np.load(dst))
-    return outputs[nodes] if isinstance(nodes, str) else outputs
+    return dict(np.load(dst))
+
+
+# VRE's derived tasks of the semantic_mapper example compared by tests/test_dronescapes.py
+VRE_MAPPER_NODES = ("buildings", "sky-and-water", "transportation", "containing", "vegetation", "buildings(nearby)",
+                    "safe-landing-no-sseg", "safe-landing-semantics")
+
+
+@pytest.fixture(scope="session")
+def vre_reference(tmp_path_factory):
+    """Inputs and VRE's outputs for every node the tests compare, from one VRE process (its start-up
+    is most of the cost). Returns (inputs, outputs); skips without VRE. Mapper nodes need VRE's git
+    repository ($VRE_GIT_DIR): without it they are absent from the outputs."""
+    import numpy as np
+
+    from video_pipeline.synth import scene_frames
+
+    vre_python()  # skips first when VRE is absent
+    folder = tmp_path_factory.mktemp("vre_reference")
+    rng = np.random.default_rng(1)
+    n, h, w = 3, 48, 64
+    frames = np.concatenate([scene_frames(2, (h, w), seed=3), rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)])
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    ground = 1.0 / (0.5 + np.mgrid[0:h, 0:w][0] / h)  # farther up the frame, as an oblique view
+    depth = np.stack([ground * (1 - 0.1 * np.sin((9 + k) * xx) * np.cos(7 * yy)) for k in range(n)])
+    inputs = {"frames": frames, "depth_marigold": (depth / depth.max()).astype(np.float32)[..., None],
+              "normals_svd(depth_marigold)": (rng.random((n, h, w, 3)) * 0.4 + [0.3, 0.65, 0.3]).astype(np.float32)}
+    for name, size in (("semantic_mask2former_mapillary_49189528_0", 65), ("semantic_mask2former_coco_47429163_0", 133),
+                       ("semantic_mask2former_mapillary_49189528_1", 65)):
+        inputs[name] = rng.integers(0, size, (n, h, w)).astype(np.uint8)
+    params = {"edges/canny": {"threshold1": 100, "threshold2": 200, "aperture_size": 3, "l2_gradient": True},
+              "normals/depth-svd": {"sensor_fov": 75, "sensor_size": [3840, 2160], "window_size": 11,
+                                    "dependencies": ["depth_marigold"]},
+              "soft-segmentation/python-halftone": {"sample": 3, "scale": 1, "percentage": 91,
+                                                    "angles": [0, 15, 30, 45], "antialias": False,
+                                                    "resolution": [h, w]}}
+    nodes = ["color/rgb", "color/hsv", *params]
+    env = {}
+    git_dir = os.environ.get("VRE_GIT_DIR") or \
+        SHARED.resolve().parent / ".mirror" / "Meehai+video-representations-extractor" / "repo"
+    mapper = folder / "semantic_mapper"
+    mapper.mkdir()
+    sources = ("examples/semantic_mapper/semantic_mapper.py", "examples/vre_reader/multitask_dataset.py",
+               "examples/vre_reader/multitask_statistics.py")
+    shows = [subprocess.run(["git", f"--git-dir={git_dir}", "show", f"HEAD:{s}"], capture_output=True) for s in sources]
+    if all(r.returncode == 0 for r in shows):
+        for source, r in zip(sources, shows):
+            (mapper / source.rsplit("/", 1)[1]).write_bytes(r.stdout)
+        nodes += [f"mapper:{m}" for m in VRE_MAPPER_NODES]
+        env["VRE_SEMANTIC_MAPPER"] = str(mapper)
+    return inputs, run_vre_oracle(nodes, dict(inputs), folder, params, env)
 
 
 def write_recipe(path: Path, text: str) -> Path:

@@ -9,13 +9,11 @@ the same label maps go through VRE's semantic_mapper too (skipped without it).
 """
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 import yaml
 
-from conftest import RECIPES, SHARED, run_vre_oracle
+from conftest import RECIPES, VRE_MAPPER_NODES
 from experts.maps import load_table
 from video_pipeline import registry
 from video_pipeline.expert import OutputSpec
@@ -132,60 +130,28 @@ def test_semantic_output_votes_the_three_converted_maps():
         assert recipe_nodes()[name]["type"] == "map/classes"
 
 
-@pytest.fixture(scope="module")
-def semantic_mapper(tmp_path_factory):
-    """VRE's semantic_mapper example (and the reader modules it imports), from VRE's git repository."""
-    import os
-
-    git_dir = os.environ.get("VRE_GIT_DIR") or \
-        SHARED.resolve().parent / ".mirror" / "Meehai+video-representations-extractor" / "repo"
-    folder = tmp_path_factory.mktemp("semantic_mapper")
-    for source in ("examples/semantic_mapper/semantic_mapper.py", "examples/vre_reader/multitask_dataset.py",
-                   "examples/vre_reader/multitask_statistics.py"):
-        r = subprocess.run(["git", f"--git-dir={git_dir}", "show", f"HEAD:{source}"], capture_output=True)
-        if r.returncode != 0:
-            pytest.skip(f"VRE's git repository (semantic_mapper example) is not at {git_dir}: set VRE_GIT_DIR")
-        (folder / source.rsplit("/", 1)[1]).write_bytes(r.stdout)
-    return folder
-
-
-DERIVED = ("buildings", "sky-and-water", "transportation", "containing", "vegetation", "buildings(nearby)",
-           "safe-landing-no-sseg", "safe-landing-semantics")
-
-
-def test_derived_tasks_equal_vre_semantic_mapper(semantic_mapper, tmp_path, monkeypatch):
-    monkeypatch.setenv("VRE_SEMANTIC_MAPPER", str(semantic_mapper))
-    rng = np.random.default_rng(1)
-    shape = (2, 24, 32)
-    raw = {dep: rng.integers(0, len(classes), shape).astype(np.uint8) for dep, classes in RAW.items()}
-    depth = rng.random((*shape, 1)).astype(np.float32)
-    normals = (rng.random((*shape, 3)) * 0.4 + np.array([0.3, 0.65, 0.3])).astype(np.float32)
-    inputs = {**raw, "depth_marigold": depth, "normals_svd(depth_marigold)": normals,
-              "frames": np.zeros((*shape, 3), np.uint8)}
-    theirs = run_vre_oracle([f"mapper:{node}" for node in DERIVED], inputs, tmp_path)
+def test_derived_tasks_equal_vre_semantic_mapper(vre_reference):
+    """The derived nodes on random raw maps, depth and normals, against VRE's semantic_mapper."""
+    inputs, theirs = vre_reference
+    if f"mapper:{VRE_MAPPER_NODES[0]}" not in theirs:
+        pytest.skip("VRE's git repository (the semantic_mapper example) is absent: set VRE_GIT_DIR")
     arrays = {k: v for k, v in inputs.items() if k != "frames"}
     arrays["buildings"] = run_node("buildings", arrays)
-    for node in DERIVED:
+    for node in VRE_MAPPER_NODES:
         expected = theirs[f"mapper:{node}"][..., 0]
         assert expected.any() and not expected.all(), f"{node}: a comparison on a constant map proves little"
         ours = run_node(node, {d: arrays[d] for d in recipe_nodes()[node]["deps"]})
         np.testing.assert_array_equal(ours, expected.astype(np.uint8), err_msg=node)
 
 
-def test_colour_and_edge_nodes_equal_vre(tmp_path):
+def test_colour_and_edge_nodes_equal_vre(vre_reference):
     """rgb, hsv (x 255) and edges_canny of the recipe, pixel for pixel against VRE on real-looking
     and random frames (random colours hit every tie of the hue definition)."""
-    from video_pipeline.synth import scene_frames
-
-    frames = np.concatenate([scene_frames(2, (48, 64), seed=3),
-                             np.random.default_rng(0).integers(0, 256, (1, 48, 64, 3), dtype=np.uint8)])
-    theirs = run_vre_oracle(["color/rgb", "color/hsv", "edges/canny"], {"frames": frames}, tmp_path,
-                            {"edges/canny": {"threshold1": 100, "threshold2": 200, "aperture_size": 3,
-                                             "l2_gradient": True}})
-    inputs = {"frames": frames}
-    np.testing.assert_array_equal(run_node("rgb", inputs, 3), theirs["color/rgb"])
-    np.testing.assert_array_equal(run_node("hsv", inputs, 3),
+    inputs, theirs = vre_reference
+    frames = {"frames": inputs["frames"]}
+    np.testing.assert_array_equal(run_node("rgb", frames, 3), theirs["color/rgb"])
+    np.testing.assert_array_equal(run_node("hsv", frames, 3),
                                   np.round(theirs["color/hsv"] * np.float32(255)).astype(np.uint8))
-    edges = run_node("edges_canny", inputs)
+    edges = run_node("edges_canny", frames)
     assert edges.any()
     np.testing.assert_array_equal(edges, theirs["edges/canny"][..., 0].astype(np.uint8))

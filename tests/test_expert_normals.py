@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from experts.maps import safe_landing
-from conftest import run_vre_oracle
 from experts.normals import CAMERAS, SvdNormals, camera_rays, focal_lengths, normals_from_depth
 from video_pipeline.expert import OutputSpec
 from video_pipeline.registry import get_expert
@@ -231,27 +230,14 @@ def test_named_camera_and_its_clashes():
         SvdNormals(camera="gopro")
 
 
-def bumpy_depth(h: int, w: int) -> np.ndarray:
-    """[h, w] an oblique ground plane (30 degree pitch, dronescapes camera) with smooth bumps, max 1."""
-    u, v = camera_rays(h, w, *CAMERAS["dronescapes"])
-    pitch = math.radians(30)
-    depth = 30.0 / (math.cos(pitch) * v + math.sin(pitch)) * np.ones_like(u)
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    depth *= 1 - 0.1 * np.sin(9 * xx) * np.cos(7 * yy)
-    return (depth / depth.max()).astype(np.float32)
-
-
-def test_agrees_with_vre_normals_depth_svd(tmp_path):
+def test_agrees_with_vre_normals_depth_svd(vre_reference):
     """VRE's normals/depth-svd with the dataset's parameters on the same depth: median angle < 0.1 deg."""
-    depth = bumpy_depth(54, 96)[None]
-    theirs = run_vre_oracle("normals/depth-svd", {"frames": np.zeros((1, 54, 96, 3), np.uint8),
-                                                  "depth": depth[..., None]}, tmp_path,
-                            {"sensor_fov": 75, "sensor_size": [3840, 2160], "window_size": 11,
-                             "dependencies": ["depth"]})
+    inputs, theirs = vre_reference
+    depth = inputs["depth_marigold"]
     expert = SvdNormals(camera="dronescapes").bind("normals", deps=("depth",))
     expert.output({"depth": OutputSpec(channels=1, kind="depth", quantity="relative_depth")})
-    ours = expert(np.zeros((1, 54, 96, 3), np.uint8), {"depth": depth[..., None]}).astype(np.float32)
-    a, b = ours * 2 - 1, theirs.astype(np.float32) * 2 - 1
+    ours = expert(inputs["frames"], {"depth": depth}).astype(np.float32)
+    a, b = ours * 2 - 1, theirs["normals/depth-svd"].astype(np.float32) * 2 - 1
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     angles = np.degrees(np.arccos(np.clip(cos, -1, 1)))
     assert np.median(angles) < 0.1, np.median(angles)
