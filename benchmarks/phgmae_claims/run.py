@@ -74,8 +74,10 @@ class Split:
         """Positions int64 [N] of this split's frames in `store`."""
         from video_pipeline.phgmae.inference import select_positions
 
-        frames = dict(self.items)[Path(store.path)] if self.split is None else \
-            [int(f) for f in (store.meta.get("splits") or {}).get(self.split, [])]
+        if self.split is None:
+            frames = next(f for s, f in self.items if Path(s).resolve() == Path(store.path).resolve())
+        else:
+            frames = [int(f) for f in (store.meta.get("splits") or {}).get(self.split, [])]
         return select_positions(store, frames)
 
 
