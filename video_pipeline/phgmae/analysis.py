@@ -329,7 +329,6 @@ def robustness(loaded: Loaded, paths: Sequence[Path], frames=None, subsets: int 
     free = list(policy.free)
     rng = np.random.default_rng(seed)
     cases = [s for c in range(len(free) + 1) for s in _subsets(free, c, subsets, rng)]
-    col = {n: i for i, n in enumerate(layout.names)}
     singles = torch.tensor([[n in policy.never_visible or n in s for n in layout.names] for s in cases])
     plans = []  # the ensemble of each case; None where nothing is left to see
     for s in cases if ensemble_k else []:
