@@ -318,7 +318,6 @@ def test_a_shard_that_cannot_fit_in_memory_is_refused_with_the_estimate(tmp_path
 
 # ------------------------------------------------------------------------- 8: one line, never internal
 def test_damaged_metadata_and_array_descriptions_end_in_one_line(tmp_path, small_clip, capsys):
-    import json
     import shutil
 
     from reliability import storecheck
