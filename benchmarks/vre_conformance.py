@@ -34,6 +34,8 @@ from video_pipeline.importer import import_vre
 from video_pipeline.store import VideoStore
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from tiny_models import build_depth_anything  # noqa: E402  (the tests' tiny Depth Anything)
 SHARED = HERE.parent.parent / "shared"
 # our modality -> (VRE reader kind, how VRE's representation holds our stored values)
 OURS = {"rgb": "image", "hsv": "hsv", "edges": "edges", "pidinet": "edges", "depth": "depth",
@@ -54,24 +56,6 @@ def get_repository():
     return {"color/rgb": RGB, "color/hsv": HSV, "edges/canny": Canny}
 '''
 VRE_KINDS = {"rgb": "image", "hsv": "hsv", "edges_canny": "edges"}
-
-
-def tiny_depth_model(path: Path) -> Path:
-    """A randomly initialised Depth Anything of width 16 (no model hub here), saved as a HF folder."""
-    import torch
-    import transformers as tf
-
-    torch.manual_seed(0)
-    backbone = tf.Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                               image_size=56, patch_size=14, out_features=["stage1", "stage2"],
-                               reshape_hidden_states=False, initializer_range=0.2)
-    config = tf.DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16],
-                                    reassemble_factors=[2, 1], fusion_hidden_size=8, head_hidden_size=4,
-                                    initializer_range=0.2)
-    tf.DepthAnythingForDepthEstimation(config).save_pretrained(path)
-    tf.DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True,
-                         ensure_multiple_of=14).save_pretrained(path)
-    return path
 
 
 def clip_path(work: Path) -> Path:
@@ -108,7 +92,7 @@ def check_ours(args, work: Path) -> list[dict]:
     recipe = {"resolution": [180, 240], "shard_frames": 4, "experts": {
         "rgb": {"type": "color/rgb"}, "hsv": {"type": "color/hsv"},
         "edges": {"type": "edges/canny", "params": {"low": 100, "high": 200}},
-        "depth": {"type": "depth/hf", "weights": str(tiny_depth_model(work / "tiny-depth"))},
+        "depth": {"type": "depth/hf", "weights": str(build_depth_anything(work / "tiny-depth"))},
         "normals": {"type": "normals/svd", "deps": ["depth"]}}}
     if (SHARED / "weights").is_dir():
         recipe["experts"].update({

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_device
+from tiny_models import build_depth_anything
 
 from experts.depth import HFDepth, MarigoldDepth, normalize_relative
 from video_pipeline import weights
@@ -16,25 +17,8 @@ from video_pipeline.errors import WeightsError
 
 @pytest.fixture(scope="module")
 def depth_anything(tmp_path_factory) -> Path:
-    """Depth Anything (DINOv2 backbone + DPT head) of width 16 with its 56-pixel processor.
-
-    A wider weight init than the default keeps the random depth above float16's smallest values.
-    """
-    import torch
-    import transformers as tf
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("depth-anything")
-    backbone = tf.Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                               image_size=56, patch_size=14, out_features=["stage1", "stage2"],
-                               reshape_hidden_states=False, initializer_range=0.2)
-    config = tf.DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16],
-                                    reassemble_factors=[2, 1], fusion_hidden_size=8, head_hidden_size=4,
-                                    initializer_range=0.2)
-    tf.DepthAnythingForDepthEstimation(config).save_pretrained(path)
-    tf.DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True,
-                         ensure_multiple_of=14).save_pretrained(path)
-    return path
+    """Depth Anything of width 16 (tests/tiny_models.py)."""
+    return build_depth_anything(tmp_path_factory.mktemp("depth-anything"))
 
 
 @pytest.fixture(scope="module")
