@@ -11,7 +11,9 @@ the dependency's name (depth [N,H,W,1], raw Mask2Former label maps uint8 [N,H,W]
 [N,H,W,3]). OUTPUTS.npz gets, under each node's name, VRE's output [N,H,W,C] as VRE computes it
 in memory. PARAMS_JSON holds the nodes' parameters: one set for every node, or {node: params}.
 NODE is a VRE type (`color/rgb`, `color/hsv`, `edges/canny`, `normals/depth-svd`,
-`soft-segmentation/python-halftone`, `soft-segmentation/generalized-boundaries`) or `mapper:NAME`
+`soft-segmentation/python-halftone`, `soft-segmentation/generalized-boundaries`, and the learned
+`edges/dexined`, `optical-flow/rife`, whose params carry `weights`: a state dict file loaded into
+VRE's model instead of its released weights) or `mapper:NAME`
 for a derived task of the `semantic_mapper` example (its file, from VRE's git repository, lies in
 the folder $VRE_SEMANTIC_MAPPER).
 """
@@ -33,6 +35,8 @@ REPRESENTATIONS = {
     "soft-segmentation/python-halftone": ("vre_repository.soft_segmentation.halftone", "Halftone", []),
     "soft-segmentation/generalized-boundaries": ("vre_repository.soft_segmentation.generalized_boundaries",
                                                  "GeneralizedBoundaries", []),
+    "edges/dexined": ("vre_repository.edges.dexined", "DexiNed", []),
+    "optical-flow/rife": ("vre_repository.optical_flow.rife", "FlowRife", []),
 }
 
 
@@ -51,7 +55,13 @@ def run_representation(node: str, inputs: dict, params: dict) -> np.ndarray:
 
         params["dependencies"] = [RGB(d) if d == "rgb" else DepthRepresentation(d, min_depth=0, max_depth=1)
                                   for d in deps]
+    weights = params.pop("weights", None)  # learned nodes: a state dict file, loaded into VRE's model
     rep = cls(name="oracle", **params)
+    if weights is not None:
+        import torch
+
+        rep.vre_setup(load_weights=False)
+        rep.model.load_state_dict(torch.load(weights, map_location="cpu"))
     inputs.setdefault("rgb", inputs["frames"])
     frames = inputs["frames"]
     ixs = list(range(len(frames)))

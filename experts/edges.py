@@ -266,3 +266,209 @@ class PiDiNet(Expert):
 
     def teardown(self):
         self.net = None
+
+
+# --- DexiNed ---------------------------------------------------------------------------------------
+# DexiNed (Soria et al., "Dense Extreme Inception Network: Towards a Robust CNN Model for Edge
+# Detection", WACV 2020), in the layout of the checkpoint the extended Dronescapes `edges_dexined`
+# was made with (VRE's `dexined.pth`). Eval-mode batch norms (eps 1e-5) throughout.
+DEXINED_WEIGHTS = ("https://gitlab.com/video-representations-extractor/video-representations-extractor"
+                   "/-/raw/master/vre_repository/edges/dexined/weights/dexined.pth")
+DEXINED_SIZE = 512  # the dataset's: the network runs on frames resized to 512x512
+# Per-channel means subtracted from the 0..255 frame (the BGR ImageNet means, applied as the dataset
+# did to the RGB channels in this order).
+DEXINED_MEAN = (103.939, 116.779, 123.68)
+# (name, in, mid, out, stride, ReLU at the end) of the two plain double-convolution blocks.
+DEXINED_DOUBLE = (("block_1", 3, 32, 64, 2, True), ("block_2", 64, 128, 128, 1, False))
+# (name, layers, in, out) of the dense blocks 3..6.
+DEXINED_DENSE = (("dblock_3", 2, 128, 256), ("dblock_4", 3, 256, 512), ("dblock_5", 3, 512, 512),
+                 ("dblock_6", 3, 512, 256))
+# (name, in, out, stride) of the 1x1 conv + batch-norm skip connections.
+DEXINED_SINGLE = (("side_1", 64, 128, 2), ("side_2", 128, 256, 2), ("side_3", 256, 512, 2),
+                  ("side_4", 512, 512, 1), ("side_5", 512, 256, 1), ("pre_dense_3", 128, 256, 1),
+                  ("pre_dense_4", 256, 512, 1), ("pre_dense_5", 512, 512, 1), ("pre_dense_6", 512, 256, 1),
+                  ("block_cat", 6, 1, 1))
+# (name, in, upsampling steps) of the six side outputs; each step is 1x1 conv, ReLU, stride-2
+# transposed conv of kernel 2**steps and padding DEXINED_UP_PAD[steps]; 16 channels, 1 at the end.
+DEXINED_UP = (("up_block_1", 64, 1), ("up_block_2", 128, 1), ("up_block_3", 256, 2),
+              ("up_block_4", 512, 3), ("up_block_5", 512, 4), ("up_block_6", 256, 4))
+DEXINED_UP_PAD = {1: 0, 2: 1, 3: 3, 4: 7}
+
+
+def _bn_shapes(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.{k}": (channels,) for k in ("weight", "bias", "running_mean", "running_var")} | \
+        {f"{prefix}.num_batches_tracked": ()}
+
+
+def dexined_layout() -> dict[str, tuple[int, ...]]:
+    """Parameter/buffer name -> shape of the released DexiNed state dict."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, cin, mid, cout, _, _ in DEXINED_DOUBLE:
+        shapes |= {f"{name}.conv1.weight": (mid, cin, 3, 3), f"{name}.conv1.bias": (mid,),
+                   f"{name}.conv2.weight": (cout, mid, 3, 3), f"{name}.conv2.bias": (cout,)}
+        shapes |= _bn_shapes(f"{name}.bn1", mid) | _bn_shapes(f"{name}.bn2", cout)
+    for name, layers, cin, cout in DEXINED_DENSE:
+        for i in range(1, layers + 1):
+            p = f"{name}.denselayer{i}"
+            shapes |= {f"{p}.conv1.weight": (cout, cin if i == 1 else cout, 3, 3), f"{p}.conv1.bias": (cout,),
+                       f"{p}.conv2.weight": (cout, cout, 3, 3), f"{p}.conv2.bias": (cout,)}
+            shapes |= _bn_shapes(f"{p}.norm1", cout) | _bn_shapes(f"{p}.norm2", cout)
+    for name, cin, cout, _ in DEXINED_SINGLE:
+        shapes |= {f"{name}.conv.weight": (cout, cin, 1, 1), f"{name}.conv.bias": (cout,)}
+        shapes |= _bn_shapes(f"{name}.bn", cout)  # block_cat keeps an unused one
+    for name, cin, steps in DEXINED_UP:
+        k = 2 ** steps
+        for i in range(steps):
+            cout = 1 if i == steps - 1 else 16
+            shapes |= {f"{name}.features.{3 * i}.weight": (cout, cin, 1, 1),
+                       f"{name}.features.{3 * i}.bias": (cout,),
+                       f"{name}.features.{3 * i + 2}.weight": (cout, cout, k, k),
+                       f"{name}.features.{3 * i + 2}.bias": (cout,)}
+            cin = cout
+    return shapes
+
+
+def check_dexined(state: dict, source: str = "checkpoint") -> dict:
+    """The DexiNed state dict as float tensors, after checking every key and shape (`WeightsError`)."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    layout = dexined_layout()
+    missing = sorted(set(layout) - set(state))
+    unexpected = sorted(set(state) - set(layout))
+    wrong = sorted(k for k in set(layout) & set(state) if tuple(state[k].shape) != layout[k])
+    if missing or unexpected or wrong:
+        what = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                         for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                             ("wrong shape", wrong)) if keys)
+        raise WeightsError(f"{source} is not a DexiNed checkpoint ({what}); use the released dexined.pth "
+                           f"({DEXINED_WEIGHTS})")
+    return {k: v.float() for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def dexined_forward(params: dict, x) -> list:
+    """DexiNed: mean-subtracted RGB [N,3,H,W] (H, W multiples of 16) -> 7 logit maps [N,1,H,W].
+
+    The six side outputs (1/2 .. 1/16 resolution, upsampled by transposed convolutions) and, last,
+    their learned 1x1 fusion.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    def bn(y, p):
+        return F.batch_norm(y, params[p + ".running_mean"], params[p + ".running_var"],
+                            params[p + ".weight"], params[p + ".bias"], training=False, eps=1e-5)
+
+    def conv(y, p, stride=1, padding=0):
+        return F.conv2d(y, params[p + ".weight"], params[p + ".bias"], stride=stride, padding=padding)
+
+    def double(y, name, stride, act):
+        y = F.relu(bn(conv(y, f"{name}.conv1", stride, 1), f"{name}.bn1"))
+        y = bn(conv(y, f"{name}.conv2", 1, 1), f"{name}.bn2")
+        return F.relu(y) if act else y
+
+    def single(y, name, stride=1, norm=True):
+        y = conv(y, f"{name}.conv", stride)
+        return bn(y, f"{name}.bn") if norm else y
+
+    def dense(y, skip, name, layers):
+        # each layer: conv (padding 2) - bn - ReLU - conv (no padding) - bn on ReLU(y); averaged with the skip
+        for i in range(1, layers + 1):
+            p = f"{name}.denselayer{i}"
+            z = F.relu(bn(conv(F.relu(y), f"{p}.conv1", 1, 2), f"{p}.norm1"))
+            y = 0.5 * (bn(conv(z, f"{p}.conv2"), f"{p}.norm2") + skip)
+        return y
+
+    def up(y, name, steps):
+        for i in range(steps):
+            y = F.relu(conv(y, f"{name}.features.{3 * i}"))
+            p = f"{name}.features.{3 * i + 2}"
+            y = F.conv_transpose2d(y, params[p + ".weight"], params[p + ".bias"], stride=2,
+                                   padding=DEXINED_UP_PAD[steps])
+        return y
+
+    def pool(y):
+        return F.max_pool2d(y, kernel_size=3, stride=2, padding=1)
+
+    b1 = double(x, "block_1", 2, True)
+    b2 = double(b1, "block_2", 1, False)
+    b2_down = pool(b2)
+    b2_add = b2_down + single(b1, "side_1", 2)
+    b3 = dense(b2_add, single(b2_down, "pre_dense_3"), "dblock_3", 2)
+    b3_down = pool(b3)
+    b3_add = b3_down + single(b2_add, "side_2", 2)
+    b4 = dense(b3_add, single(b3_down, "pre_dense_4"), "dblock_4", 3)
+    b4_down = pool(b4)
+    b4_add = b4_down + single(b3_add, "side_3", 2)
+    b5 = dense(b4_add, single(b4_down, "pre_dense_5"), "dblock_5", 3)
+    b5_add = b5 + single(b4_add, "side_4")
+    b6 = dense(b5_add, single(b5, "pre_dense_6"), "dblock_6", 3)
+    sides = [up(b, name, steps) for b, (name, _, steps) in zip((b1, b2, b3, b4, b5, b6), DEXINED_UP)]
+    return sides + [single(torch.cat(sides, dim=1), "block_cat", norm=False)]
+
+
+def dexined_edges(outputs: list, encoding: str):
+    """DexiNed's 7 logit maps [N,1,H,W] -> one map [N,1,H,W] in [0, 1].
+
+    "fused": the sigmoid of the fused map (edge probability, high on edges).
+    "dronescapes": the extended Dronescapes `edges_dexined` encoding: for each of the 7 sigmoid maps
+    s, with a = min(s) and b = max(s) over the frame, 1 - (s - a) * (b - a), averaged over the 7 maps
+    (low on edges; the product by (b - a), not a division, is the dataset's).
+    """
+    import torch
+
+    if encoding == "fused":
+        return torch.sigmoid(outputs[-1])
+    s = torch.sigmoid(torch.cat(outputs, dim=1))
+    a = s.amin(dim=(-2, -1), keepdim=True)
+    b = s.amax(dim=(-2, -1), keepdim=True)
+    return (1 - (s - a) * (b - a)).mean(dim=1, keepdim=True)
+
+
+@register_expert("edges/dexined")
+class DexiNed(Expert):
+    """DexiNed edges, float16 [N,H,W,1] in [0,1]: the Dronescapes encoding (low on edges) or the fused
+    edge probability (see `dexined_edges`). Computed on the frame resized to `size` x `size` (512 as
+    the dataset; a multiple of 16), the map resized back bilinearly."""
+
+    batch_size = 2
+    uses_torch = True
+    net: dict | None = None
+
+    def __init__(self, encoding: Literal["dronescapes", "fused"] = "dronescapes", size: int = DEXINED_SIZE):
+        if encoding not in ("dronescapes", "fused"):
+            raise ValueError(f"encoding must be dronescapes or fused, got {encoding!r}")
+        if size < 16 or size % 16:
+            raise ValueError(f"size must be a positive multiple of 16, got {size}")
+        self.encoding, self.size = encoding, size
+
+    def output(self, deps):
+        return OutputSpec(channels=1, kind="features", dtype="float16", value_range=(0, 1),
+                          extra={"encoding": self.encoding})
+
+    def setup(self, device):
+        import torch
+
+        self.device = device
+        if self.weights_path is None:
+            raise WeightsError(f"expert '{self.name}': edges/dexined needs weights (give weights: a path "
+                               f"to dexined.pth, or {DEXINED_WEIGHTS}#sha256=<its sha256>)")
+        checkpoint = load_checkpoint(self.weights_path)
+        state = checkpoint.get("state_dict", checkpoint)
+        params = check_dexined(state, source=str(self.weights_path))
+        self.net = {k: v.to(device) for k, v in params.items()}
+        self.mean = torch.tensor(DEXINED_MEAN, device=device).view(1, 3, 1, 1)
+
+    def __call__(self, frames, deps):
+        import torch
+
+        n, h, w, _ = frames.shape
+        size = (self.size, self.size)
+        small = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames])
+        with inference(self.device, self.dtype):
+            x = frames_to_tensor(small, self.device).float() - self.mean
+            edges = dexined_edges(dexined_forward(self.net, x), self.encoding).float()
+        edges = edges[:, 0].cpu().numpy()
+        out = np.stack([cv2.resize(e, (w, h), interpolation=cv2.INTER_LINEAR) for e in edges])
+        return np.clip(out, 0, 1)[..., None].astype(np.float16)
+
+    def teardown(self):
+        self.net = None

@@ -32,6 +32,9 @@ CASES: dict[str, dict] = {
     "edges/canny": {"params": {"low": 50, "high": 150},
                     "invalid_params": (("low", 300), ("aperture", 4), ("blur", 4), ("blur", -1), ("source", "hsv"))},
     "edges/pidinet": {"weights": "tiny:pidinet"},
+    # the architecture is fixed: a 64-pixel inference size keeps it fast
+    "edges/dexined": {"weights": "tiny:dexined", "params": {"size": 64}, "frames_shape": (2, 32, 48),
+                      "invalid_params": (("encoding", "probability"), ("size", 40))},
     "flow/farneback": {"params": {"levels": 2, "winsize": 9},
                        "invalid_params": (("pyr_scale", 1.0), ("levels", 0), ("poly_n", 6), ("scale", 0))},
     # RAFT's correlation pyramid needs frames of at least 64 pixels a side.
@@ -113,6 +116,12 @@ class TinyModels:
         tf.DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True,
                              ensure_multiple_of=14).save_pretrained(path)
         return path
+
+    @staticmethod
+    def build_dexined(path: Path) -> Path:
+        from tiny_models import build_dexined
+
+        return build_dexined(path)
 
     @staticmethod
     def build_marigold(path: Path) -> Path:

@@ -158,3 +158,47 @@ def test_pidinet_edges_follow_image_boundaries(drone_frames):
         weak = magnitude <= np.quantile(magnitude, 0.5)
         assert edge[strong].mean() > 3 * edge[weak].mean()
         assert edge.max() > 0.9 and np.median(edge) < 0.2  # confident, and sparse
+
+
+# --- DexiNed: the released checkpoint layout, and VRE's edges_dexined on the same weights ---------
+
+def test_dexined_encodings():
+    """fused: sigmoid of the last map; dronescapes: mean over the 7 maps of 1 - (s - min) * (max - min)."""
+    from experts.edges import dexined_edges
+
+    logits = [torch.zeros(1, 1, 2, 2) for _ in range(6)] + [torch.tensor([[[[0.0, 100.0], [-100.0, 0.0]]]])]
+    torch.testing.assert_close(dexined_edges(logits, "fused"), torch.tensor([[[[0.5, 1.0], [0.0, 0.5]]]]))
+    # six flat maps give 1 each; the last spans [0, 1]: 1 - s
+    expected = (6 + 1 - torch.tensor([[[[0.5, 1.0], [0.0, 0.5]]]])) / 7
+    torch.testing.assert_close(dexined_edges(logits, "dronescapes"), expected)
+
+
+def test_dexined_agrees_with_vre_on_the_same_weights(tmp_path):
+    """A random DexiNed saved as the released dexined.pth, loaded by edges/dexined and by VRE's
+    DexiNed: the same `edges_dexined` values on a real drone frame (64x64)."""
+    from conftest import run_vre_oracle
+    from tiny_models import build_dexined
+
+    from experts.edges import DexiNed, check_dexined, dexined_layout
+
+    weights = build_dexined(tmp_path / "dexined")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    with pytest.raises(WeightsError, match="missing: block_cat.conv.bias"):
+        check_dexined({k: v for k, v in state.items() if k != "block_cat.conv.bias"})
+    assert sum(v.numel() for k, v in state.items() if k in dexined_layout()) > 35_000_000
+    if not DRONE_PHOTOS:
+        pytest.skip(f"drone photos not found under {SHARED / 'data' / 'uav_toledo'}")
+    photo = cv2.cvtColor(cv2.imread(str(DRONE_PHOTOS[5])), cv2.COLOR_BGR2RGB)
+    frames = cv2.resize(photo, (64, 64), interpolation=cv2.INTER_AREA)[None]
+
+    expert = DexiNed().bind("edges", weights_path=weights)
+    expert.setup(run_device())
+    ours = expert(frames, {}).astype(np.float32)
+    assert ours.shape == (1, 64, 64, 1)
+    assert 0 <= ours.min() < ours.max() <= 1 and ours.std() > 1e-3
+
+    theirs = run_vre_oracle(["edges/dexined"], {"frames": frames}, tmp_path,
+                            {"edges/dexined": {"weights": str(weights)}})["edges/dexined"]
+    # VRE keeps its 512x512 map; the dataset stores it resized to the frame, bilinearly.
+    theirs = cv2.resize(theirs[0, :, :, 0].astype(np.float32), (64, 64), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(ours[0, :, :, 0], theirs, atol=2e-3)  # float16 storage

@@ -68,3 +68,40 @@ def build_depth_anything(path: Path) -> Path:
     tf.DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True,
                          ensure_multiple_of=14).save_pretrained(path)
     return path
+
+
+def random_state(layout: dict, seed: int = 0) -> dict:
+    """A state dict of `layout` (name -> shape) with random values that keep activations O(1):
+    He-scaled conv kernels, small biases, batch norms with running variance in [0.5, 1.5]."""
+    import math
+
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in layout.items():
+        if name.endswith("num_batches_tracked"):
+            state[name] = torch.tensor(0)
+        elif name.endswith("running_var"):
+            state[name] = torch.rand(shape, generator=gen) + 0.5
+        elif len(shape) == 4:
+            fan_in = shape[1] * shape[2] * shape[3]
+            state[name] = torch.randn(shape, generator=gen) * math.sqrt(2.0 / fan_in)
+        elif name.endswith("weight"):  # a batch norm's scale (every other weight is a kernel)
+            state[name] = 1 + 0.1 * torch.randn(shape, generator=gen)
+        else:
+            state[name] = 0.1 * torch.randn(shape, generator=gen)
+    return state
+
+
+def build_dexined(path: Path) -> Path:
+    """A DexiNed state dict of the released layout (the architecture fixes its size) with random
+    values, saved as the released `dexined.pth` is: a bare state dict."""
+    import torch
+
+    from experts.edges import dexined_layout
+
+    file = path.with_suffix(".pth")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(random_state(dexined_layout()), file)
+    return file
