@@ -61,7 +61,11 @@ def run_representation(node: str, inputs: dict, params: dict) -> np.ndarray:
         import torch
 
         rep.vre_setup(load_weights=False)
-        rep.model.load_state_dict(torch.load(weights, map_location="cpu"))
+        state = torch.load(weights, map_location="cpu")
+        if node == "optical-flow/rife":  # only IFNet computes the flow; its file's keys carry `module.`
+            rep.model.flownet.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+        else:
+            rep.model.load_state_dict(state)
     inputs.setdefault("rgb", inputs["frames"])
     frames = inputs["frames"]
     ixs = list(range(len(frames)))

@@ -1,4 +1,4 @@
-"""Optical-flow experts: OpenCV Farneback (`flow/farneback`) and torchvision RAFT (`flow/raft`).
+"""Optical-flow experts: OpenCV Farneback (`flow/farneback`), torchvision RAFT (`flow/raft`), RIFE (`flow/rife`).
 
 Both return the flow from each frame to the next one, float16 [N,H,W,2] = (dx, dy) in pixels of the
 frame: content at (x, y) in frame i is at (x + dx, y + dy) in frame i + 1. The runner hands over the
@@ -151,6 +151,158 @@ class RAFT(Expert):
                                num_flow_updates=self.num_flow_updates)[-1]
         flow = flows[:, :, :h, :w].float() * sign.view(n, 1, 1, 1)
         return flow.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()
+
+    def teardown(self):
+        self.net = None
+
+
+# --- RIFE ------------------------------------------------------------------------------------------
+# RIFE's IFNet (Huang et al., "Real-Time Intermediate Flow Estimation for Video Frame Interpolation",
+# ECCV 2022), HD v2 layout, as the extended Dronescapes `opticalflow_rife` was made: the released
+# `flownet.ckpt` (keys prefixed `module.`). Four blocks refine the flows from the middle instant to
+# both frames, coarse to fine: (name, input channels, downscale, width c).
+RIFE_WEIGHTS = ("https://gitlab.com/video-representations-extractor/video-representations-extractor"
+                "/-/raw/master/vre_repository/optical_flow/rife/weights/flownet.ckpt")
+RIFE_BLOCKS = (("block0", 6, 8, 192), ("block1", 10, 4, 128), ("block2", 10, 2, 96), ("block3", 10, 1, 48))
+
+
+def rife_layout() -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of the released IFNet state dict (without the `module.` prefix)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, cin, _, c in RIFE_BLOCKS:
+        convs = [("conv0.0", cin, c), ("conv0.1", c, 2 * c)] + [(f"convblock.{i}", 2 * c, 2 * c) for i in range(6)]
+        for prefix, i, o in convs:  # each a 3x3 convolution and a PReLU
+            shapes |= {f"{name}.{prefix}.0.weight": (o, i, 3, 3), f"{name}.{prefix}.0.bias": (o,),
+                       f"{name}.{prefix}.1.weight": (o,)}
+        shapes |= {f"{name}.conv1.weight": (2 * c, 4, 4, 4), f"{name}.conv1.bias": (4,)}
+    return shapes
+
+
+def check_rife(state: dict, source: str = "checkpoint") -> dict:
+    """The IFNet state dict (prefix `module.` dropped) as float tensors, every key and shape checked."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    layout = rife_layout()
+    missing = sorted(set(layout) - set(state))
+    unexpected = sorted(set(state) - set(layout))
+    wrong = sorted(k for k in set(layout) & set(state) if tuple(state[k].shape) != layout[k])
+    if missing or unexpected or wrong:
+        what = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                         for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                             ("wrong shape", wrong)) if keys)
+        raise WeightsError(f"{source} is not a RIFE (HD v2) flownet checkpoint ({what}); use the released "
+                           f"flownet.ckpt ({RIFE_WEIGHTS})")
+    return {k: v.float() for k, v in state.items()}
+
+
+def backward_warp(image, flow):
+    """Sample image [N,C,H,W] at (x + flow_x, y + flow_y), flow [N,2,H,W] in pixels; bilinear, zeros
+    outside, sampling positions clamped to the frame (RIFE's warp)."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, h, w = flow.shape
+    xs = torch.linspace(-1.0, 1.0, w, device=flow.device).view(1, 1, w).expand(n, h, w)
+    ys = torch.linspace(-1.0, 1.0, h, device=flow.device).view(1, h, 1).expand(n, h, w)
+    gx = xs + flow[:, 0] / ((image.shape[3] - 1.0) / 2.0)
+    gy = ys + flow[:, 1] / ((image.shape[2] - 1.0) / 2.0)
+    grid = torch.stack([gx, gy], dim=-1).clamp(-1, 1)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def ifnet_forward(params: dict, x, uhd: bool = False):
+    """IFNet: two frames in [0,1] stacked [N,6,H,W] (H, W multiples of 32) -> flows [N,4,H/2,W/2]
+    from the middle instant to frame 0 (channels 0-1) and to frame 1 (2-3), in half-resolution pixels.
+    `uhd` runs on the frames halved (flows at H/4, W/4)."""
+    import torch
+    import torch.nn.functional as F
+
+    def block(y, name, scale):
+        if scale != 1:
+            y = F.interpolate(y, scale_factor=1.0 / scale, mode="bilinear", align_corners=False)
+        for k, prefix in enumerate(["conv0.0", "conv0.1"] + [f"convblock.{i}" for i in range(6)]):
+            p = f"{name}.{prefix}"
+            y = F.conv2d(y, params[p + ".0.weight"], params[p + ".0.bias"], stride=2 if k < 2 else 1, padding=1)
+            y = F.prelu(y, params[p + ".1.weight"])
+        y = F.conv_transpose2d(y, params[f"{name}.conv1.weight"], params[f"{name}.conv1.bias"], stride=2, padding=1)
+        if scale != 1:
+            y = F.interpolate(y, scale_factor=scale, mode="bilinear", align_corners=False)
+        return y
+
+    if uhd:
+        x = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+    name, _, scale, _ = RIFE_BLOCKS[0]
+    flow = block(x, name, scale)
+    for name, _, scale, _ in RIFE_BLOCKS[1:]:
+        large = F.interpolate(flow, scale_factor=2.0, mode="bilinear", align_corners=False,
+                              recompute_scale_factor=False) * 2.0
+        warped = [backward_warp(x[:, :3], large[:, :2]), backward_warp(x[:, 3:], large[:, 2:4])]
+        flow = flow + block(torch.cat(warped + [large], dim=1), name, scale)
+    return flow
+
+
+def rife_dronescapes_units(flow: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
+    """IFNet's doubled flow [N,h,w,2] (on the padded frame's reduced grid) -> the extended Dronescapes
+    `opticalflow_rife` values: the grid cropped by half the padding, then dx divided by h and dy by w
+    (the dataset's normalisation pairs the components with the grid's sides in this order)."""
+    n, h, w, _ = flow.shape
+    return flow[:, :h - pad_h // 2, :w - pad_w // 2] / np.array([h, w], np.float32)
+
+
+@register_expert("flow/rife")
+class RIFE(Expert):
+    """RIFE (IFNet HD v2) optical flow to the next frame, float16 [N,H,W,2]: (dx, dy) in pixels, or
+    `units: dronescapes` the values of the public `opticalflow_rife` (see `rife_dronescapes_units`).
+    `backward`: the flow from the next frame back to this one instead. `uhd`: run on frames halved."""
+
+    needs_next_frame = True
+    batch_size = 4
+    uses_torch = True
+    net: dict | None = None
+
+    def __init__(self, units: Literal["pixels", "dronescapes"] = "pixels", backward: bool = False,
+                 uhd: bool = False):
+        if units not in ("pixels", "dronescapes"):
+            raise ValueError(f"units must be pixels or dronescapes, got {units!r}")
+        self.units, self.backward, self.uhd = units, backward, uhd
+
+    def output(self, deps):
+        direction = "frame t+1 -> frame t" if self.backward else FLOW_ATTRS["direction"]
+        units = "pixels" if self.units == "pixels" else \
+            "dronescapes: (dx / h, dy / w) with h, w the sides of RIFE's half-resolution padded grid"
+        return OutputSpec(channels=2, kind="flow", extra={**FLOW_ATTRS, "units": units, "direction": direction})
+
+    def setup(self, device):
+        from pathlib import Path
+
+        self.device = device
+        if self.weights_path is None:
+            raise WeightsError(f"expert '{self.name}': flow/rife needs weights (give weights: a path to "
+                               f"RIFE's flownet.ckpt or its folder, or {RIFE_WEIGHTS}#sha256=<its sha256>)")
+        path = Path(self.weights_path)
+        path = path / "flownet.ckpt" if path.is_dir() else path
+        self.net = {k: v.to(device) for k, v in check_rife(load_checkpoint(path), source=str(path)).items()}
+
+    def __call__(self, frames, deps):
+        import torch
+        import torch.nn.functional as F
+
+        n, h, w, _ = frames.shape
+        pad_h, pad_w = (-h) % 32, (-w) % 32
+        # float32 unless the recipe asks for less: flow accuracy suffers first from lower precision.
+        with inference(self.device, self.dtype, cuda_default="float32"):
+            pair = [F.pad(frames_to_tensor(f, self.device).float() / 255.0, (0, pad_w, 0, pad_h))
+                    for f in (frames, deps["next_frames"])]
+            flows = ifnet_forward(self.net, torch.cat(pair, dim=1), self.uhd).float()
+        flow = (flows[:, :2] if self.backward else flows[:, 2:4]) * 2.0
+        flow = flow.permute(0, 2, 3, 1).cpu().numpy()
+        if self.units == "dronescapes":
+            flow = rife_dronescapes_units(flow, pad_h, pad_w)
+            out = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) for f in flow])
+        else:  # the reduced grid's pixels -> pixels of the frame, on the padded frame, cropped
+            flow = flow * np.float32((h + pad_h) / flow.shape[1])
+            out = np.stack([cv2.resize(f, (w + pad_w, h + pad_h), interpolation=cv2.INTER_LINEAR)[:h, :w]
+                            for f in flow])
+        return (out * np.asarray(deps["next_sign"], np.float32).reshape(n, 1, 1, 1)).astype(np.float16)
 
     def teardown(self):
         self.net = None

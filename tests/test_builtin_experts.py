@@ -40,6 +40,8 @@ CASES: dict[str, dict] = {
     # RAFT's correlation pyramid needs frames of at least 64 pixels a side.
     "flow/raft": {"weights": "tiny:raft", "params": {"model": "small", "num_flow_updates": 2},
                   "frames_shape": (3, 64, 64), "invalid_params": (("model", "tiny"), ("num_flow_updates", 0))},
+    "flow/rife": {"weights": "tiny:rife", "frames_shape": (3, 40, 56),
+                  "invalid_params": (("units", "normalised"),)},
     "depth/hf": {"weights": "tiny:depth",
                  "invalid_params": (("normalization", "metric"), ("size", 8), ("quantity", "depth"))},
     "depth/marigold": {"weights": "tiny:marigold", "invalid_params": (("denoising_steps", 0), ("ensemble_size", 0),
@@ -122,6 +124,12 @@ class TinyModels:
         from tiny_models import build_dexined
 
         return build_dexined(path)
+
+    @staticmethod
+    def build_rife(path: Path) -> Path:
+        from tiny_models import build_rife
+
+        return build_rife(path)
 
     @staticmethod
     def build_marigold(path: Path) -> Path:

@@ -116,3 +116,53 @@ def test_raft_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="raft.pth"):
         RAFT(model="small").bind("flow", weights_path=junk).setup(run_device())
+
+
+def test_rife_agrees_with_vre_on_the_same_weights(tmp_path):
+    """A random IFNet saved as the released flownet.ckpt, loaded by flow/rife and by VRE's FlowRife:
+    the same `opticalflow_rife` values on two real drone frames (60x90: RIFE pads to 64x96)."""
+    from conftest import run_vre_oracle
+    from tiny_models import build_rife
+
+    from experts.flow import RIFE, check_rife
+
+    weights = build_rife(tmp_path / "rife")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    with pytest.raises(WeightsError, match="missing: block3.conv1.bias"):
+        check_rife({k: v for k, v in state.items() if k != "module.block3.conv1.bias"})
+    photos = sorted((Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "uav_toledo").glob("*.jpg"))
+    if len(photos) < 2:
+        pytest.skip("drone photos not found under ../shared/data/uav_toledo")
+    frames = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (90, 60),
+                                  interpolation=cv2.INTER_AREA) for p in photos[5:7]])
+    expert = RIFE(units="dronescapes").bind("flow", weights_path=weights.parent)
+    expert.setup(run_device())
+    ours = expert(frames[:1], {"next_frames": frames[1:], "next_sign": np.ones(1, np.float32)}).astype(np.float32)
+    assert ours.shape == (1, 60, 90, 2) and ours.std() > 1e-4
+
+    theirs = run_vre_oracle(["optical-flow/rife"], {"frames": frames}, tmp_path, {"optical-flow/rife": {
+        "compute_backward_flow": False, "uhd": False, "delta": 1, "weights": str(weights)}})["optical-flow/rife"]
+    assert theirs.shape == (2, 30, 45, 2)
+    # the dataset stores VRE's map resized to the frame, bilinearly
+    theirs = cv2.resize(theirs[0], (90, 60), interpolation=cv2.INTER_LINEAR)
+    scale = np.abs(theirs).max()
+    np.testing.assert_allclose(ours[0], theirs, atol=2e-3 * scale + 1e-4)  # float16 storage
+
+
+def test_rife_pixels_are_the_dronescapes_values_rescaled(tmp_path):
+    """On a 64x96 frame (no padding) the half-resolution grid is 32x48: pixels = 2 x (dx * 32, dy * 48)."""
+    from tiny_models import build_rife
+
+    from experts.flow import RIFE
+
+    weights = build_rife(tmp_path / "rife")
+    rng = np.random.default_rng(0)
+    frames = np.stack([cv2.GaussianBlur(f, (0, 0), 3) for f in rng.integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)])
+    deps = {"next_frames": frames[1:], "next_sign": np.ones(1, np.float32)}
+    out = {}
+    for units, backward in (("pixels", False), ("dronescapes", False), ("pixels", True)):
+        expert = RIFE(units=units, backward=backward).bind("flow", weights_path=weights)
+        expert.setup(run_device())
+        out[units, backward] = expert(frames[:1], deps).astype(np.float32)
+    np.testing.assert_allclose(out["pixels", False], out["dronescapes", False] * [64, 96], rtol=2e-3, atol=1e-3)
+    assert np.abs(out["pixels", True] - out["pixels", False]).mean() > 1e-2

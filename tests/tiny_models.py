@@ -105,3 +105,17 @@ def build_dexined(path: Path) -> Path:
     file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(random_state(dexined_layout()), file)
     return file
+
+
+def build_rife(path: Path) -> Path:
+    """A RIFE IFNet (HD v2) state dict of the released layout with random values, saved as the
+    released `flownet.ckpt` is (keys prefixed `module.`), in a folder of its own."""
+    import torch
+
+    from experts.flow import rife_layout
+
+    path.mkdir(parents=True, exist_ok=True)
+    state = random_state(rife_layout(), seed=1)
+    state = {k: (0.25 * torch.ones_like(v) if k.endswith(".1.weight") else v) for k, v in state.items()}  # PReLU
+    torch.save({f"module.{k}": v for k, v in state.items()}, path / "flownet.ckpt")
+    return path / "flownet.ckpt"
