@@ -8,7 +8,8 @@ Both tools run every node they both have on those frames: ours through our exper
 runner calls), VRE's through benchmarks/vre_oracle.py in VRE's own virtual environment. Learned
 models whose weights are not available offline (Marigold, DPT, Mask2Former) are not run by either
 tool: their outputs are replaced by inputs both tools are given alike, so the nodes *derived* from
-them are compared exactly:
+them are compared exactly. DexiNed and RIFE, whose released weights are not available offline either,
+run in both tools on the same random weights saved in the released file layout (tests/tiny_models.py):
 - depth: an oblique ground plane (30 degrees pitch, the dataset's camera) modulated by the smoothed
   grey level of the frame, scaled to [0, 1] (stands in for depth_marigold);
 - raw Mask2Former label maps: blocks of the frame crossed with its hue, labelled by each model with
@@ -56,8 +57,6 @@ NOT_COMPARED = {
     "semantic_mask2former_mapillary_49189528_1": "VRE's R50 model is not on the hub (substitute: Swin-L "
                                                  "Mapillary panoptic); no weights offline either",
     "normals_svd(depth_dpt)": "same expert and camera as normals_svd(depth_marigold) (compared), on DPT depth",
-    "opticalflow_rife": "no flow/rife expert yet",
-    "edges_dexined": "no edges/dexined expert yet",
     "softseg_gb": "no softseg/generalized-boundaries expert yet",
     "edges_gb": "no softseg/generalized-boundaries expert yet",
 }
@@ -130,19 +129,24 @@ def run_oracle(python: str, nodes: list[str], inputs: dict, params: dict | None,
         return dict(np.load(dst))
 
 
-def recipe_node(name: str, inputs: dict[str, np.ndarray], specs: dict[str, OutputSpec]) -> np.ndarray:
-    """Our recipe node `name` (params from recipes/dronescapes.yaml) on dependency arrays [N,H,W,C]."""
+def recipe_node(name: str, inputs: dict[str, np.ndarray], specs: dict[str, OutputSpec],
+                weights: Path | None = None) -> np.ndarray:
+    """Our recipe node `name` (params from recipes/dronescapes.yaml) on dependency arrays [N,H,W,C];
+    a learned node loads `weights` (set up on the CPU). `next_frames`/`next_sign` pass through."""
     import yaml
 
     snippet = yaml.safe_load(RECIPE.read_text())["experts"][name]
     expert = registry.get_expert(snippet["type"])(**snippet.get("params", {}))
     deps = snippet.get("deps", [])
-    expert.bind(name, deps=tuple(deps))
+    expert.bind(name, deps=tuple(deps), weights_path=weights)
     expert.output({d: specs[d] for d in deps})
+    if weights is not None:
+        expert.setup("cpu")
     frames = inputs.get("frames")
     if frames is None:  # a derived node: no expert of this kind reads the frames
         frames = np.zeros((*inputs[deps[0]].shape[:3], 3), np.uint8)
-    return expert(frames, {d: inputs[d] for d in deps})
+    extra = {k: inputs[k] for k in ("next_frames", "next_sign") if k in inputs}
+    return expert(frames, {**{d: inputs[d] for d in deps}, **extra})
 
 
 def angles_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -200,6 +204,33 @@ def main() -> None:
     equal = float(np.mean(ours == np.round(halftone * np.float32(255)).astype(np.uint8)))
     row("halftone1", "pixels at 240x426 (the node's resolution), VRE's floats x 255", f"{equal:.4%} equal",
         equal=equal)
+
+    # --- learned nodes on the same random weights, saved as the released files --------------------
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_models import build_dexined, build_rife  # noqa: E402
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = build_dexined(Path(tmp) / "dexined")
+        theirs = run_oracle(args.vre_python, ["edges/dexined"], {"frames": frames},
+                            {"weights": str(weights)}, {})["edges/dexined"]
+        ours = recipe_node("edges_dexined", {"frames": frames}, {}, weights).astype(np.float32)
+        theirs = np.stack([cv2.resize(t, frames.shape[2:0:-1], interpolation=cv2.INTER_LINEAR) for t in theirs])
+        diff = np.abs(ours[..., 0] - theirs)
+        row("edges_dexined", "values, same random weights in the released layout, VRE's map resized to the frame",
+            f"max abs diff {diff.max():.2e}, mean {diff.mean():.2e} (values in [{theirs.min():.2f}, {theirs.max():.2f}])",
+            max_abs=float(diff.max()), mean_abs=float(diff.mean()))
+        weights = build_rife(Path(tmp) / "rife")
+        theirs = run_oracle(args.vre_python, ["optical-flow/rife"], {"frames": frames},
+                            {"compute_backward_flow": False, "uhd": False, "delta": 1, "weights": str(weights)},
+                            {})["optical-flow/rife"]
+        ours = recipe_node("opticalflow_rife", {"frames": frames[:-1], "next_frames": frames[1:],
+                                                "next_sign": np.ones(len(frames) - 1, np.float32)}, {}, weights)
+        theirs = np.stack([cv2.resize(t, frames.shape[2:0:-1], interpolation=cv2.INTER_LINEAR) for t in theirs[:-1]])
+        diff = np.abs(ours.astype(np.float32) - theirs)
+        row("opticalflow_rife", "values, same random weights in the released layout, consecutive frames "
+            "(VRE's last frame, paired with itself, left out), VRE's map resized to the frame",
+            f"max abs diff {diff.max():.2e} on values up to {np.abs(theirs).max():.2f}, mean {diff.mean():.2e}",
+            max_abs=float(diff.max()), mean_abs=float(diff.mean()), max_value=float(np.abs(theirs).max()))
 
     # --- on the stand-in depth ---------------------------------------------------------------------
     depth = stand_in_depth(frames)
