@@ -13,7 +13,7 @@ import numpy as np
 
 from video_pipeline.errors import WeightsError
 from video_pipeline.expert import Expert, OutputSpec
-from video_pipeline.learned import frames_to_tensor, inference
+from video_pipeline.learned import check_state_dict, frames_to_tensor, inference
 from video_pipeline.registry import register_expert
 from video_pipeline.weights import load_checkpoint
 
@@ -161,17 +161,8 @@ def convert_pidinet(state: dict, source: str = "checkpoint") -> dict:
     DataParallel); every key and shape must match `pidinet_layout()` exactly (`WeightsError` naming
     `source` otherwise). Pixel-difference kernels become plain kernels (`pdc_to_conv`).
     """
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    layout = pidinet_layout()
-    missing = sorted(set(layout) - set(state))
-    unexpected = sorted(set(state) - set(layout))
-    wrong = sorted(k for k in set(layout) & set(state) if tuple(state[k].shape) != layout[k])
-    if missing or unexpected or wrong:
-        what = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                         for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                             ("wrong shape", wrong)) if keys)
-        raise WeightsError(f"{source} is not a PiDiNet (table5 'pidinet') checkpoint ({what}); "
-                           f"use the released table5_pidinet.pth")
+    state = check_state_dict(state, pidinet_layout(), source, "a PiDiNet (table5 'pidinet') checkpoint",
+                             "use the released table5_pidinet.pth")
     params = {k: v.float() for k, v in state.items()}
     params["init_block.weight"] = pdc_to_conv(PIDINET_OPS[0], params["init_block.weight"])
     for j, (name, *_rest) in enumerate(PIDINET_BLOCKS):
@@ -330,17 +321,8 @@ def dexined_layout() -> dict[str, tuple[int, ...]]:
 
 def check_dexined(state: dict, source: str = "checkpoint") -> dict:
     """The DexiNed state dict as float tensors, after checking every key and shape (`WeightsError`)."""
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    layout = dexined_layout()
-    missing = sorted(set(layout) - set(state))
-    unexpected = sorted(set(state) - set(layout))
-    wrong = sorted(k for k in set(layout) & set(state) if tuple(state[k].shape) != layout[k])
-    if missing or unexpected or wrong:
-        what = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                         for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                             ("wrong shape", wrong)) if keys)
-        raise WeightsError(f"{source} is not a DexiNed checkpoint ({what}); use the released dexined.pth "
-                           f"({DEXINED_WEIGHTS})")
+    state = check_state_dict(state, dexined_layout(), source, "a DexiNed checkpoint",
+                             f"use the released dexined.pth ({DEXINED_WEIGHTS})")
     return {k: v.float() for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 

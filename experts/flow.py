@@ -16,7 +16,7 @@ import numpy as np
 from video_pipeline.errors import WeightsError
 from video_pipeline.expert import Expert, OutputSpec
 from video_pipeline.imageops import resize
-from video_pipeline.learned import frames_to_tensor, inference
+from video_pipeline.learned import check_state_dict, frames_to_tensor, inference
 from video_pipeline.registry import register_expert
 from video_pipeline.weights import load_checkpoint
 
@@ -180,17 +180,8 @@ def rife_layout() -> dict[str, tuple[int, ...]]:
 
 def check_rife(state: dict, source: str = "checkpoint") -> dict:
     """The IFNet state dict (prefix `module.` dropped) as float tensors, every key and shape checked."""
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    layout = rife_layout()
-    missing = sorted(set(layout) - set(state))
-    unexpected = sorted(set(state) - set(layout))
-    wrong = sorted(k for k in set(layout) & set(state) if tuple(state[k].shape) != layout[k])
-    if missing or unexpected or wrong:
-        what = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                         for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                             ("wrong shape", wrong)) if keys)
-        raise WeightsError(f"{source} is not a RIFE (HD v2) flownet checkpoint ({what}); use the released "
-                           f"flownet.ckpt ({RIFE_WEIGHTS})")
+    state = check_state_dict(state, rife_layout(), source, "a RIFE (HD v2) flownet checkpoint",
+                             f"use the released flownet.ckpt ({RIFE_WEIGHTS})")
     return {k: v.float() for k, v in state.items()}
 
 

@@ -44,3 +44,21 @@ def inference(device: str, dtype: str | None = None, cuda_default: str = "float1
     if chosen != "float32":
         stack.enter_context(torch.autocast(torch.device(device).type, dtype=getattr(torch, chosen)))
     return stack
+
+
+def check_state_dict(state: dict, layout: dict, source: str, expected: str, advice: str) -> dict:
+    """`state` with DataParallel's `module.` prefix dropped, after every key and shape is compared with
+    `layout` (name -> shape); a mismatch is a `WeightsError`: "<source> is not <expected> (missing: ...;
+    unexpected: ...; wrong shape: ...); <advice>", at most three names of each."""
+    from .errors import WeightsError
+
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing = sorted(set(layout) - set(state))
+    unexpected = sorted(set(state) - set(layout))
+    wrong = sorted(k for k in set(layout) & set(state) if tuple(state[k].shape) != tuple(layout[k]))
+    if missing or unexpected or wrong:
+        what = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                         for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                             ("wrong shape", wrong)) if keys)
+        raise WeightsError(f"{source} is not {expected} ({what}); {advice}")
+    return state
