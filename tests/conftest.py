@@ -108,7 +108,9 @@ def vre_reference(tmp_path_factory):
                                     "dependencies": ["depth_marigold"]},
               "soft-segmentation/python-halftone": {"sample": 3, "scale": 1, "percentage": 91,
                                                     "angles": [0, 15, 30, 45], "antialias": False,
-                                                    "resolution": [h, w]}}
+                                                    "resolution": [h, w]},
+              "soft-segmentation/generalized-boundaries": {"use_median_filtering": True, "adjust_to_rgb": True,
+                                                           "max_channels": 3}}
     nodes = ["color/rgb", "color/hsv", *params]
     env = {}
     git_dir = os.environ.get("VRE_GIT_DIR") or \

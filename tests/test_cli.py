@@ -17,7 +17,7 @@ def test_experts_lists_every_registered_type_with_params_and_outputs():
     assert r.returncode == 0, r.stderr
     infos = {i["type"]: i for i in json.loads(r.stdout)}
     builtin = {t for t in registry.list_experts() if registry.origin(t).startswith("experts.")}
-    assert len(builtin) == 19 and builtin <= set(infos)  # (this process may also hold test plugins)
+    assert len(builtin) == 21 and builtin <= set(infos)  # (this process may also hold test plugins)
     assert infos["edges/canny"]["params"]["low"] == {"type": "int", "default": 100, "required": False}
     assert infos["edges/canny"]["output"]["kind"] == "binary"
     assert infos["map/binary"]["params"]["classes"]["required"] is True
