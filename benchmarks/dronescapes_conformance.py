@@ -214,7 +214,7 @@ def main() -> None:
     same = float(np.mean(per_frame < 1e-3))
     row("softseg_gb", "values in [0, 1], VRE's defaults (median filtering, fitted to RGB, 3 layers)",
         f"max abs diff {diff.max():.2e}, mean {diff.mean():.2e}; {same:.0%} of frames within 1e-3 "
-        f"(the others: VRE kept other eigenvectors, see below)", max_abs=float(diff.max()),
+        f"(our float16 storage)", max_abs=float(diff.max()),
         mean_abs=float(diff.mean()), frames_within_1e_3=same)
 
     # --- learned nodes on the same random weights, saved as the released files --------------------
