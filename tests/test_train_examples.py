@@ -69,25 +69,29 @@ def test_each_shipped_config_trains_on_a_tiny_store(name, tmp_path, capsys):
     assert "epoch 1/1" in captured.err and "1/2" in captured.err  # the bar moved within the epoch
 
 
-def test_ctrl_c_in_train_names_the_checkpoint_and_the_epoch_it_holds(tmp_path, capsys, monkeypatch):
-    config = shrunk("pretrain", tmp_path, epochs=3)
-    real = train_mod.train_one_epoch
+def interrupt_on_second_call(monkeypatch, attr: str) -> None:
+    """train_mod.<attr> raises KeyboardInterrupt on its second call (Ctrl-C in the second epoch)."""
+    real = getattr(train_mod, attr)
     calls = []
 
-    def interrupt_in_epoch_2(*args, **kwargs):
+    def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "train_one_epoch", interrupt_in_epoch_2)
+    monkeypatch.setattr(train_mod, attr, interrupted)
+
+
+def test_ctrl_c_in_train_names_the_checkpoint_and_the_epoch_it_holds(tmp_path, capsys, monkeypatch):
+    config = shrunk("pretrain", tmp_path, epochs=3)
+    interrupt_on_second_call(monkeypatch, "train_one_epoch")
     assert cli.main(["train", str(config)]) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     out = tmp_path / "runs" / "pretrain"
     assert err == (f"vre: interrupted; {out / 'last.ckpt'} holds epoch 1 (the epoch under way is lost); "
                    f"rerun the same command to resume from it")
     assert "shards" not in err
-    calls.clear()
     monkeypatch.setattr(train_mod, "train_one_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     config2 = shrunk("pretrain", tmp_path / "fresh")
     assert cli.main(["train", str(config2)]) == 130
@@ -96,16 +100,7 @@ def test_ctrl_c_in_train_names_the_checkpoint_and_the_epoch_it_holds(tmp_path, c
 
 def test_ctrl_c_in_distill_says_what_was_kept_and_that_a_rerun_starts_over(tmp_path, capsys, monkeypatch):
     config = shrunk("distill", tmp_path, epochs=3)
-    real = train_mod.train_loader
-    calls = []
-
-    def interrupt_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "train_loader", interrupt_in_epoch_2)
+    interrupt_on_second_call(monkeypatch, "train_loader")
     assert cli.main(["distill", str(config)]) == 130
     out = tmp_path / "runs" / "student"
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
