@@ -39,6 +39,7 @@ from experts.maps import load_table  # noqa: E402
 from experts.normals import CAMERAS, camera_rays  # noqa: E402
 from video_pipeline import registry  # noqa: E402
 from video_pipeline.expert import OutputSpec  # noqa: E402
+from video_pipeline.video import partner_frames  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 RECIPE = REPO / "recipes" / "dronescapes.yaml"
@@ -130,13 +131,14 @@ def run_oracle(python: str, nodes: list[str], inputs: dict, params: dict | None,
 
 
 def recipe_node(name: str, inputs: dict[str, np.ndarray], specs: dict[str, OutputSpec],
-                weights: Path | None = None) -> np.ndarray:
-    """Our recipe node `name` (params from recipes/dronescapes.yaml) on dependency arrays [N,H,W,C];
-    a learned node loads `weights` (set up on the CPU). `next_frames`/`next_sign` pass through."""
+                weights: Path | None = None, **params) -> np.ndarray:
+    """Our recipe node `name` (params from recipes/dronescapes.yaml, updated by `params`) on
+    dependency arrays [N,H,W,C]; a learned node loads `weights` (set up on the CPU).
+    `next_frames`/`next_sign` pass through."""
     import yaml
 
     snippet = yaml.safe_load(RECIPE.read_text())["experts"][name]
-    expert = registry.get_expert(snippet["type"])(**snippet.get("params", {}))
+    expert = registry.get_expert(snippet["type"])(**{**snippet.get("params", {}), **params})
     deps = snippet.get("deps", [])
     expert.bind(name, deps=tuple(deps), weights_path=weights)
     expert.output({d: specs[d] for d in deps})
@@ -232,17 +234,23 @@ def main() -> None:
             f"max abs diff {diff.max():.2e}, mean {diff.mean():.2e} (values in [{theirs.min():.2f}, {theirs.max():.2f}])",
             max_abs=float(diff.max()), mean_abs=float(diff.mean()))
         weights = build_rife(Path(tmp) / "rife")
-        theirs = run_oracle(args.vre_python, ["optical-flow/rife"], {"frames": frames},
-                            {"compute_backward_flow": False, "uhd": False, "delta": 1, "weights": str(weights)},
-                            {})["optical-flow/rife"]
-        ours = recipe_node("opticalflow_rife", {"frames": frames[:-1], "next_frames": frames[1:],
-                                                "next_sign": np.ones(len(frames) - 1, np.float32)}, {}, weights)
-        theirs = np.stack([cv2.resize(t, frames.shape[2:0:-1], interpolation=cv2.INTER_LINEAR) for t in theirs[:-1]])
-        diff = np.abs(ours.astype(np.float32) - theirs)
-        row("opticalflow_rife", "values, same random weights in the released layout, consecutive frames "
-            "(VRE's last frame, paired with itself, left out), VRE's map resized to the frame",
-            f"max abs diff {diff.max():.2e} on values up to {np.abs(theirs).max():.2f}, mean {diff.mean():.2e}",
-            max_abs=float(diff.max()), mean_abs=float(diff.mean()), max_value=float(np.abs(theirs).max()))
+        # VRE's frame step `delta` and `uhd`; frames paired as our runner pairs them (partner_frames)
+        for delta, uhd in ((1, False), (2, False), (-1, True)):
+            theirs = run_oracle(args.vre_python, ["optical-flow/rife"], {"frames": frames},
+                                {"compute_backward_flow": False, "uhd": uhd, "delta": delta, "weights": str(weights)},
+                                {})["optical-flow/rife"]
+            partner, sign = partner_frames(np.arange(len(frames)), len(frames), delta)
+            both = np.flatnonzero(sign == 1)  # frames VRE also pairs with frame i + delta
+            ours = recipe_node("opticalflow_rife", {"frames": frames[both], "next_frames": frames[partner[both]],
+                                                    "next_sign": sign[both]}, {}, weights, delta=delta, uhd=uhd)
+            theirs = np.stack([cv2.resize(t, frames.shape[2:0:-1], interpolation=cv2.INTER_LINEAR) for t in theirs[both]])
+            diff = np.abs(ours.astype(np.float32) - theirs)
+            name = "opticalflow_rife" if (delta, uhd) == (1, False) else f"opticalflow_rife (delta {delta}{', uhd' if uhd else ''})"
+            row(name, "values, same random weights in the released layout, frames i and i + delta "
+                "(where VRE pairs a frame with the video's last/first instead, left out), VRE's map resized to the frame",
+                f"max abs diff {diff.max():.2e} on values up to {np.abs(theirs).max():.2f}, mean {diff.mean():.2e} "
+                f"({len(both)} frame{'s' * (len(both) != 1)})", max_abs=float(diff.max()), mean_abs=float(diff.mean()),
+                max_value=float(np.abs(theirs).max()))
 
     # --- on the stand-in depth ---------------------------------------------------------------------
     depth = stand_in_depth(frames)

@@ -1,9 +1,10 @@
 """Optical-flow experts: OpenCV Farneback (`flow/farneback`), torchvision RAFT (`flow/raft`), RIFE (`flow/rife`).
 
-Both return the flow from each frame to the next one, float16 [N,H,W,2] = (dx, dy) in pixels of the
-frame: content at (x, y) in frame i is at (x + dx, y + dy) in frame i + 1. The runner hands over the
-next frames; for the last frame of a video there is none, so it hands over the previous frame with
-`next_sign = -1`, and the flow to the previous frame, negated, stands in for the forward flow.
+Each returns the flow from each frame to the frame `delta` frames later (default 1; negative: an
+earlier frame), float16 [N,H,W,2] = (dx, dy) in pixels of the frame: content at (x, y) in frame i
+is at (x + dx, y + dy) in frame i + delta. The runner hands over those frames; where the video has
+no frame i + delta (its last frames, or its first ones for a negative delta) it hands over frame
+i - delta with `next_sign = -1`, and the flow to that frame, negated, stands in for the flow asked for.
 """
 from __future__ import annotations
 
@@ -22,6 +23,20 @@ from video_pipeline.weights import load_checkpoint
 
 # Stored with the array so a reader knows the convention without this package.
 FLOW_ATTRS = {"units": "pixels", "components": ["dx", "dy"], "direction": "frame t -> frame t+1"}
+
+
+def flow_attrs(delta: int, backward: bool = False) -> dict:
+    """FLOW_ATTRS for a frame step `delta`: the direction names both frames and `delta` is kept."""
+    far = f"frame t{delta:+d}"
+    return {**FLOW_ATTRS, "direction": f"{far} -> frame t" if backward else f"frame t -> {far}", "delta": delta}
+
+
+def check_delta(delta) -> int:
+    """A flow expert's `delta` (frames between the two frames compared): a non-zero int."""
+    if isinstance(delta, bool) or not isinstance(delta, int) or delta == 0:
+        raise ValueError(f"delta must be a non-zero whole number of frames (1: the next frame, -1: the "
+                         f"previous one), got {delta!r}")
+    return delta
 
 
 def farneback_flow(frames: np.ndarray, next_frames: np.ndarray, next_sign: np.ndarray, *,
@@ -50,13 +65,16 @@ def farneback_flow(frames: np.ndarray, next_frames: np.ndarray, next_sign: np.nd
 
 @register_expert("flow/farneback")
 class Farneback(Expert):
-    """OpenCV Farneback dense optical flow to the next frame: float16 [N,H,W,2] (dx, dy) pixels."""
+    """OpenCV Farneback dense optical flow to the frame `delta` frames later: float16 [N,H,W,2]
+    (dx, dy) pixels."""
 
     needs_next_frame = True
     batch_size = 16
 
     def __init__(self, pyr_scale: float = 0.5, levels: int = 5, winsize: int = 15,
-                 iterations: int = 3, poly_n: int = 5, poly_sigma: float = 1.2, scale: float = 1.0):
+                 iterations: int = 3, poly_n: int = 5, poly_sigma: float = 1.2, scale: float = 1.0,
+                 delta: int = 1):
+        self.frame_step = check_delta(delta)
         if not 0 < pyr_scale < 1:
             raise ValueError(f"pyr_scale must be in (0, 1), got {pyr_scale}")
         if levels < 1 or iterations < 1:
@@ -69,7 +87,7 @@ class Farneback(Expert):
                             poly_n=poly_n, poly_sigma=poly_sigma, scale=scale)
 
     def output(self, deps):
-        return OutputSpec(channels=2, kind="flow", extra=FLOW_ATTRS)
+        return OutputSpec(channels=2, kind="flow", extra=flow_attrs(self.frame_step))
 
     def __call__(self, frames, deps):
         return farneback_flow(frames, deps["next_frames"], deps["next_sign"], **self.options)
@@ -101,20 +119,21 @@ def pad_for_raft(x, multiple: int = 8, minimum: int = 128):
 
 @register_expert("flow/raft")
 class RAFT(Expert):
-    """torchvision RAFT optical flow to the next frame: float16 [N,H,W,2] (dx, dy) pixels."""
+    """torchvision RAFT optical flow to the frame `delta` frames later: float16 [N,H,W,2] (dx, dy) pixels."""
 
     needs_next_frame = True
     batch_size = 4
     uses_torch = True
     net = None  # the torchvision module, once set up
 
-    def __init__(self, model: Literal["large", "small"] = "large", num_flow_updates: int = 12):
+    def __init__(self, model: Literal["large", "small"] = "large", num_flow_updates: int = 12, delta: int = 1):
+        self.frame_step = check_delta(delta)
         if num_flow_updates < 1:
             raise ValueError(f"num_flow_updates must be >= 1, got {num_flow_updates}")
         self.variant, self.num_flow_updates = model, num_flow_updates
 
     def output(self, deps):
-        return OutputSpec(channels=2, kind="flow", extra=FLOW_ATTRS)
+        return OutputSpec(channels=2, kind="flow", extra=flow_attrs(self.frame_step))
 
     def setup(self, device):
         from torchvision.models.optical_flow import raft_large, raft_small
@@ -241,9 +260,10 @@ def rife_dronescapes_units(flow: np.ndarray, pad_h: int, pad_w: int) -> np.ndarr
 
 @register_expert("flow/rife")
 class RIFE(Expert):
-    """RIFE (IFNet HD v2) optical flow to the next frame, float16 [N,H,W,2]: (dx, dy) in pixels, or
-    `units: dronescapes` the values of the public `opticalflow_rife` (see `rife_dronescapes_units`).
-    `backward`: the flow from the next frame back to this one instead. `uhd`: run on frames halved."""
+    """RIFE (IFNet HD v2) optical flow to the frame `delta` frames later, float16 [N,H,W,2]: (dx, dy)
+    in pixels, or `units: dronescapes` the values of the public `opticalflow_rife` (see
+    `rife_dronescapes_units`). `backward`: the flow from that frame back to this one instead.
+    `uhd`: run on frames halved."""
 
     needs_next_frame = True
     batch_size = 4
@@ -251,16 +271,16 @@ class RIFE(Expert):
     net: dict | None = None
 
     def __init__(self, units: Literal["pixels", "dronescapes"] = "pixels", backward: bool = False,
-                 uhd: bool = False):
+                 uhd: bool = False, delta: int = 1):
+        self.frame_step = check_delta(delta)
         if units not in ("pixels", "dronescapes"):
             raise ValueError(f"units must be pixels or dronescapes, got {units!r}")
         self.units, self.backward, self.uhd = units, backward, uhd
 
     def output(self, deps):
-        direction = "frame t+1 -> frame t" if self.backward else FLOW_ATTRS["direction"]
         units = "pixels" if self.units == "pixels" else \
             "dronescapes: (dx / h, dy / w) with h, w the sides of RIFE's half-resolution padded grid"
-        return OutputSpec(channels=2, kind="flow", extra={**FLOW_ATTRS, "units": units, "direction": direction})
+        return OutputSpec(channels=2, kind="flow", extra={**flow_attrs(self.frame_step, self.backward), "units": units})
 
     def setup(self, device):
         from pathlib import Path

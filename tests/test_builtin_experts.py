@@ -36,12 +36,13 @@ CASES: dict[str, dict] = {
     "edges/dexined": {"weights": "tiny:dexined", "params": {"size": 64}, "frames_shape": (2, 32, 48),
                       "invalid_params": (("encoding", "probability"), ("size", 40))},
     "flow/farneback": {"params": {"levels": 2, "winsize": 9},
-                       "invalid_params": (("pyr_scale", 1.0), ("levels", 0), ("poly_n", 6), ("scale", 0))},
+                       "invalid_params": (("pyr_scale", 1.0), ("levels", 0), ("poly_n", 6), ("scale", 0), ("delta", 0))},
     # RAFT's correlation pyramid needs frames of at least 64 pixels a side.
     "flow/raft": {"weights": "tiny:raft", "params": {"model": "small", "num_flow_updates": 2},
-                  "frames_shape": (3, 64, 64), "invalid_params": (("model", "tiny"), ("num_flow_updates", 0))},
-    "flow/rife": {"weights": "tiny:rife", "frames_shape": (3, 40, 56),
-                  "invalid_params": (("units", "normalised"),)},
+                  "frames_shape": (3, 64, 64), "invalid_params": (("model", "tiny"), ("num_flow_updates", 0), ("delta", 1.5))},
+    # a step back in time: the battery's runs pair frames the other way
+    "flow/rife": {"weights": "tiny:rife", "frames_shape": (3, 40, 56), "params": {"delta": -1},
+                  "invalid_params": (("units", "normalised"), ("delta", 0))},
     "depth/hf": {"weights": "tiny:depth",
                  "invalid_params": (("normalization", "metric"), ("size", 8), ("quantity", "depth"))},
     "depth/marigold": {"weights": "tiny:marigold", "invalid_params": (("denoising_steps", 0), ("ensemble_size", 0),

@@ -11,6 +11,7 @@ import torch
 from experts.flow import RAFT, RAFT_WEIGHTS, Farneback
 from video_pipeline.errors import WeightsError
 from video_pipeline.registry import get_expert
+from video_pipeline.testing import next_frame_deps
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 PHOTO = SHARED / "data" / "uav_toledo" / "DJI_0066.jpg"
@@ -77,6 +78,38 @@ def test_farneback_last_frame_sign_is_applied():
     np.testing.assert_array_equal(out[1], -out[0])
 
 
+@pytest.mark.parametrize("delta", [3, -2])
+def test_farneback_delta_through_the_runner(tmp_path, delta):
+    """`delta: k` through a real run (image folder, shards of 4 frames): every stored frame holds the
+    flow to frame i+k, k times the per-frame motion; where the clip has no frame i+k, the flow to
+    frame i-k, negated, stands in (the same motion). The array's attrs name the frame step."""
+    from video_pipeline.recipe import load_recipe
+    from video_pipeline.runner import RunOptions, run
+    from video_pipeline.store import VideoStore
+    from video_pipeline.synth import write_image_folder
+
+    step = (0, 3)  # the window moves 3 px right per frame: content moves (dx, dy) = (-3, 0)
+    frames = sliding_clip(step, n=9)
+    folder = write_image_folder(frames, tmp_path / "flight")
+    recipe = tmp_path / "flow.yaml"
+    recipe.write_text(f"shard_frames: 4\nexperts:\n  flow:\n    type: flow/farneback\n    params: {{delta: {delta}}}\n")
+    run(load_recipe(recipe), folder, tmp_path / "s.zarr", RunOptions(progress=False))
+    store = VideoStore.open(tmp_path / "s.zarr", "r")
+    flow = store.read("flow", np.arange(9)).astype(np.float32)
+    attrs = store.array("flow").attrs
+    assert attrs["delta"] == delta and attrs["direction"] == f"frame t -> frame t{delta:+d}"
+    for i in range(9):
+        np.testing.assert_allclose(interior_median(flow[i]), [-3 * delta, 0], atol=0.6, err_msg=f"frame {i}")
+    # the same pairs, computed directly: the stored frames are exactly the expert's output on them
+    np.testing.assert_array_equal(flow.astype(np.float16), Farneback(delta=delta)(frames, next_frame_deps(frames, delta)))
+
+
+def test_flow_delta_must_be_a_non_zero_whole_number():
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="delta must be a non-zero whole number"):
+            Farneback(delta=bad)
+
+
 @pytest.fixture(scope="module")
 def raft_small_weights(tmp_path_factory):
     """A randomly initialised torchvision raft_small state dict saved as a plain file."""
@@ -118,9 +151,12 @@ def test_raft_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
         RAFT(model="small").bind("flow", weights_path=junk).setup(run_device())
 
 
-def test_rife_agrees_with_vre_on_the_same_weights(tmp_path):
+@pytest.mark.parametrize("delta, uhd", [(1, False), (2, False), (-1, True)])
+def test_rife_agrees_with_vre_on_the_same_weights(tmp_path, delta, uhd):
     """A random IFNet saved as the released flownet.ckpt, loaded by flow/rife and by VRE's FlowRife:
-    the same `opticalflow_rife` values on two real drone frames (60x90: RIFE pads to 64x96)."""
+    the same `opticalflow_rife` values on real drone frames (60x90: RIFE pads to 64x96), for VRE's
+    frame step `delta` (frames paired as our runner pairs them) and its `uhd` option. Compared where
+    both tools pair the same frames (VRE pairs frames beyond the video's ends with the last/first)."""
     from conftest import run_vre_oracle
     from tiny_models import build_rife
 
@@ -131,22 +167,23 @@ def test_rife_agrees_with_vre_on_the_same_weights(tmp_path):
     with pytest.raises(WeightsError, match="missing: block3.conv1.bias"):
         check_rife({k: v for k, v in state.items() if k != "module.block3.conv1.bias"})
     photos = sorted((Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "uav_toledo").glob("*.jpg"))
-    if len(photos) < 2:
+    if len(photos) < 8:
         pytest.skip("drone photos not found under ../shared/data/uav_toledo")
     frames = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (90, 60),
-                                  interpolation=cv2.INTER_AREA) for p in photos[5:7]])
-    expert = RIFE(units="dronescapes").bind("flow", weights_path=weights.parent)
+                                  interpolation=cv2.INTER_AREA) for p in photos[5:8]])
+    expert = RIFE(units="dronescapes", delta=delta, uhd=uhd).bind("flow", weights_path=weights.parent)
     expert.setup(run_device())
-    ours = expert(frames[:1], {"next_frames": frames[1:], "next_sign": np.ones(1, np.float32)}).astype(np.float32)
-    assert ours.shape == (1, 60, 90, 2) and ours.std() > 1e-4
+    ours = expert(frames, next_frame_deps(frames, delta)).astype(np.float32)
+    assert ours.shape == (3, 60, 90, 2) and ours.std() > 1e-4
 
     theirs = run_vre_oracle(["optical-flow/rife"], {"frames": frames}, tmp_path, {"optical-flow/rife": {
-        "compute_backward_flow": False, "uhd": False, "delta": 1, "weights": str(weights)}})["optical-flow/rife"]
-    assert theirs.shape == (2, 30, 45, 2)
+        "compute_backward_flow": False, "uhd": uhd, "delta": delta, "weights": str(weights)}})["optical-flow/rife"]
+    assert theirs.shape == ((3, 14, 29, 2) if uhd else (3, 30, 45, 2))  # uhd: IFNet's odd grid on 32x48
+    both = [i for i in range(3) if 0 <= i + delta < 3]  # frames both tools pair with frame i + delta
     # the dataset stores VRE's map resized to the frame, bilinearly
-    theirs = cv2.resize(theirs[0], (90, 60), interpolation=cv2.INTER_LINEAR)
+    theirs = np.stack([cv2.resize(theirs[i], (90, 60), interpolation=cv2.INTER_LINEAR) for i in both])
     scale = np.abs(theirs).max()
-    np.testing.assert_allclose(ours[0], theirs, atol=2e-3 * scale + 1e-4)  # float16 storage
+    np.testing.assert_allclose(ours[both], theirs, atol=2e-3 * scale + 1e-4)  # float16 storage
 
 
 def test_rife_pixels_are_the_dronescapes_values_rescaled(tmp_path):

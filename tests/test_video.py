@@ -10,7 +10,7 @@ import pytest
 
 from video_pipeline import synth
 from video_pipeline.errors import DecodeError, VideoError, VreError
-from video_pipeline.video import FrameIndex, Video, parse_frames
+from video_pipeline.video import FrameIndex, Video, parse_frames, partner_frames
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 N = 40
@@ -132,29 +132,59 @@ def test_index_round_trips_through_arrays(clips, tmp_path):
 # ------------------------------------------------------------------------ next frames (flow)
 def test_next_frames_pair_each_frame_with_the_one_after(clips):
     video = Video.open(clips["mkv"])
-    got, error = read_all(video, [np.arange(0, 20), np.arange(20, N)], with_next=True)
+    got, error = read_all(video, [np.arange(0, 20), np.arange(20, N)], steps=[1])
     assert error is None
     for batch in got:
-        assert batch.next_frames.shape == batch.frames.shape and batch.next_sign.dtype == np.float32
+        assert batch.partners[1][0].shape == batch.frames.shape and batch.partners[1][1].dtype == np.float32
         expected = [i + 1 if i < N - 1 else i - 1 for i in batch.indices]
-        assert stamps(batch.next_frames) == expected
-        assert batch.next_sign.tolist() == [1.0 if i < N - 1 else -1.0 for i in batch.indices]
+        assert stamps(batch.partners[1][0]) == expected
+        assert batch.partners[1][1].tolist() == [1.0 if i < N - 1 else -1.0 for i in batch.indices]
 
 
 def test_next_frames_with_a_stride(clips):
     video = Video.open(clips["mp4"])
-    (batch,), _ = read_all(video, [parse_frames(None, 13, N)], with_next=True)
+    (batch,), _ = read_all(video, [parse_frames(None, 13, N)], steps=[1])
     assert batch.indices.tolist() == [0, 13, 26, 39]
     assert stamps(batch.frames) == [0, 13, 26, 39]
-    assert stamps(batch.next_frames) == [1, 14, 27, 38]
-    assert batch.next_sign.tolist() == [1, 1, 1, -1]
+    assert stamps(batch.partners[1][0]) == [1, 14, 27, 38]
+    assert batch.partners[1][1].tolist() == [1, 1, 1, -1]
 
 
 def test_a_single_frame_video_is_its_own_next_frame(tmp_path, clips):
     folder = synth.write_image_folder(clips["frames"][:1], tmp_path / "one")
-    (batch,), _ = read_all(Video.open(folder), [[0]], with_next=True)
-    np.testing.assert_array_equal(batch.next_frames, batch.frames)
-    assert batch.next_sign.tolist() == [0.0]
+    (batch,), _ = read_all(Video.open(folder), [[0]], steps=[1])
+    np.testing.assert_array_equal(batch.partners[1][0], batch.frames)
+    assert batch.partners[1][1].tolist() == [0.0]
+
+
+@pytest.mark.parametrize("steps", [[3], [-2], [-1, 1, 4]])
+def test_frame_steps_pair_each_frame_across_groups_without_decoding_twice(clips, steps, monkeypatch):
+    """Frame i pairs with i+k (or i-k with sign -1 where the video has no frame i+k) for every step
+    asked for, across group boundaries; the partners a step reaches into the next group are kept,
+    so the stream is decoded once from the start (no seek back)."""
+    from video_pipeline import video as video_module
+
+    restarts = []
+    real = video_module._StreamReader.restart
+    monkeypatch.setattr(video_module._StreamReader, "restart", lambda self, k: (restarts.append(k), real(self, k)))
+    video = Video.open(clips["mkv"])
+    got, error = read_all(video, [np.arange(0, 10), np.arange(10, 20), np.arange(20, N)], steps=steps)
+    assert error is None and restarts == [0]
+    for batch in got:
+        assert sorted(batch.partners) == sorted(steps)
+        for k, (partner, sign) in batch.partners.items():
+            inside = [0 <= i + k < N for i in batch.indices]
+            assert stamps(partner) == [i + k if ok else i - k for i, ok in zip(batch.indices, inside)]
+            assert sign.dtype == np.float32 and sign.tolist() == [1.0 if ok else -1.0 for ok in inside]
+
+
+def test_partner_frames_on_a_video_shorter_than_the_step(clips):
+    partner, sign = partner_frames(np.arange(3), 3, 5)  # no frame i+5 nor i-5: the last frame, scaled
+    assert partner.tolist() == [2, 2, 2] and np.allclose(sign, [2 / 5, 1 / 5, 0])
+    partner, sign = partner_frames(np.arange(3), 3, -5)
+    assert partner.tolist() == [0, 0, 0] and np.allclose(sign, [0, 1 / 5, 2 / 5])
+    with pytest.raises(ValueError, match="frame step"):
+        next(Video.open(clips["mkv"]).batches([[0]], steps=[0]))
 
 
 # ------------------------------------------------------------------------ --frames / --stride
@@ -193,10 +223,10 @@ def test_image_folder_is_a_video(tmp_path, clips):
     video = Video.open(folder)
     assert video.is_folder and video.n_frames == 12 and video.fps == 1.0
     assert (video.height, video.width) == SIZE
-    got, error = read_all(video, [[0, 1, 2], [5, 11]], with_next=True)
+    got, error = read_all(video, [[0, 1, 2], [5, 11]], steps=[1])
     assert error is None
     np.testing.assert_array_equal(got[0].frames, clips["frames"][:3])  # PNG is lossless
-    assert stamps(got[1].next_frames) == [6, 10]
+    assert stamps(got[1].partners[1][0]) == [6, 10]
     np.testing.assert_array_equal(video.read([11, 3], size=(48, 80))[1],
                                   cv2.resize(clips["frames"][3], (80, 48), interpolation=cv2.INTER_AREA))
 
@@ -252,11 +282,11 @@ def test_image_broken_after_opening_stops_at_its_frame(tmp_path, clips):
     folder = synth.write_image_folder(clips["frames"][:10], tmp_path / "later")
     video = Video.open(folder)
     (folder / "frame_00006.png").write_bytes(b"\x89PNG broken")
-    got, error = read_all(video, [np.arange(0, 5), np.arange(5, 10)], with_next=True)
+    got, error = read_all(video, [np.arange(0, 5), np.arange(5, 10)], steps=[1])
     assert error is not None and error.frame == 6
     assert "frame_00006.png" in str(error) and str(folder) in str(error)
     assert [b.indices.tolist() for b in got] == [[0, 1, 2, 3, 4], [5]]
-    assert stamps(got[1].next_frames) == [4] and got[1].next_sign.tolist() == [-1.0]
+    assert stamps(got[1].partners[1][0]) == [4] and got[1].partners[1][1].tolist() == [-1.0]
 
 
 # ------------------------------------------------------------------------ broken inputs
@@ -306,14 +336,14 @@ def test_truncated_clip_yields_frames_before_the_cut_then_fails(tmp_path, clips,
     video = Video.open(cut)
     assert video.index.truncated and 5 < video.n_frames < N
     f = video.n_frames - 1
-    got, error = read_all(video, [np.arange(0, 16), np.arange(16, video.n_frames)], with_next=True)
+    got, error = read_all(video, [np.arange(0, 16), np.arange(16, video.n_frames)], steps=[1])
     assert error is not None and error.frame == f
     assert f"cut.{kind}" in str(error) and f"frame {f}" in str(error) and "\n" not in str(error)
     indices = np.concatenate([b.indices for b in got])
     assert indices.tolist() == list(range(f))  # every frame before the cut
     for batch in got:
         assert stamps(batch.frames) == batch.indices.tolist()
-    assert got[-1].next_sign[-1] == -1  # the last readable frame pairs with the one before
+    assert got[-1].partners[1][1][-1] == -1  # the last readable frame pairs with the one before
     # a selection that stays before the cut reads without error
     assert stamps(video.read([0, f - 1])) == [0, f - 1]
 

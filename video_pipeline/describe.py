@@ -70,7 +70,7 @@ def describe_experts(only: str | None = None, as_json: bool = False, plugins=())
         elif info["weights_required"]:
             extras.append("weights: REQUIRED (the recipe's weights: a file, folder, URL or hub id)")
         if info["needs_next_frame"]:
-            extras.append("uses the next frame")
+            extras.append("uses a second frame (the next one unless its parameters say otherwise)")
         lines.append("    " + "; ".join(extras))
         out = info["output"]
         if isinstance(out, dict):

@@ -8,7 +8,7 @@ after construction, calls `setup(device)` once, then `__call__` per batch.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -87,9 +87,12 @@ class Expert:
     Class attributes a subclass may set:
       n_deps: number of dependencies required (None: any number, including 0).
       dep_kinds: allowed kinds of dependencies (empty: any).
-      needs_next_frame: the runner passes `deps["next_frames"]` (uint8 [N,H,W,3], the frame after
-        each frame, or the previous one for the last frame of the video) and
-        `deps["next_sign"]` (float32 [N]: +1, or -1 where the previous frame was used).
+      needs_next_frame: the runner passes `deps["next_frames"]` (uint8 [N,H,W,3], for each frame i
+        the frame i + `frame_step`, or i - `frame_step` where the video has no frame i + step) and
+        `deps["next_sign"]` (float32 [N]: +1, or -1 where frame i - step stands in; see
+        `video.partner_frames` for a video shorter than the step).
+      frame_step: the distance of that frame (non-zero int, default 1; negative: an earlier frame);
+        an instance may set it from its parameters (the flow experts' `delta`).
       default_weights: weights used when the recipe gives none (None: no weights needed).
       batch_size: default batch size (frames per call).
       uses_torch: whether the expert runs a torch model (device/dtype apply).
@@ -101,6 +104,7 @@ class Expert:
     n_deps: ClassVar[int | None] = 0
     dep_kinds: ClassVar[tuple[str, ...]] = ()
     needs_next_frame: ClassVar[bool] = False
+    frame_step: int = 1
     default_weights: ClassVar[str | None] = None
     batch_size: ClassVar[int] = 8
     uses_torch: ClassVar[bool] = False
@@ -150,3 +154,9 @@ class Expert:
 
     def __repr__(self):
         return f"{type(self).__name__}(name={excerpt(self.name)}, type={excerpt(self.type_name)})"
+
+
+def frame_steps(experts: Iterable[Expert]) -> tuple[int, ...]:
+    """The frame steps whose partner frames a run decodes: one per `frame_step` of an expert that
+    `needs_next_frame`, sorted (empty when no expert compares two frames)."""
+    return tuple(sorted({e.frame_step for e in experts if e.needs_next_frame}))

@@ -38,7 +38,7 @@ import numpy as np
 from video_pipeline import __version__
 from video_pipeline.device import resolve_device
 from video_pipeline.errors import DecodeError, ExpertError, StoreError, VreError, WeightsError
-from video_pipeline.expert import Expert
+from video_pipeline.expert import Expert, frame_steps
 from video_pipeline.graph import closure, dependents
 from video_pipeline.imageops import resize
 from video_pipeline.recipe import ExpertSpec, Recipe, sha256_of
@@ -337,8 +337,8 @@ class UnitExecutor:
             frames = _take(batch.frames, pos, sl)
             deps = {d: _take(available[d][1], rows, sl) for d, rows in dep_rows.items()}
             if expert.needs_next_frame:
-                deps["next_frames"] = _take(batch.next_frames, pos, sl)
-                deps["next_sign"] = _take(batch.next_sign, pos, sl)
+                partner, sign = batch.partners[expert.frame_step]
+                deps["next_frames"], deps["next_sign"] = _take(partner, pos, sl), _take(sign, pos, sl)
             if spec.resolution and spec.resolution != self.size:
                 frames = resize(frames, spec.resolution, "image")
                 deps = {d: resize(v, spec.resolution, self.recipe.experts[d].output.kind
@@ -771,9 +771,9 @@ def execute(recipe: Recipe, experts: Mapping[str, Expert], video: Video, store: 
     progress = BarProgress(bar) if options.progress else None
     executor = UnitExecutor(recipe, experts, size, store, options.on_error, stats, progress)
     writer = ShardWriter(store, options.write_threads, stats)
-    with_next = any(experts[n].needs_next_frame for n in experts)
     batches: Iterator[FrameBatch] = video.batches([u.frames for u in units], size=size,
-                                                  with_next=with_next, queue_size=options.queue_size)
+                                                  steps=frame_steps(experts.values()),
+                                                  queue_size=options.queue_size)
     decode_error: DecodeError | None = None
     try:
         for unit in units:

@@ -45,6 +45,7 @@ from video_pipeline.quantities import QUANTITIES
 from video_pipeline.recipe import ExpertSpec, Recipe, check_type, load_recipe
 from video_pipeline.runner import RunOptions, check_output, load_experts, resolve_weights, run
 from video_pipeline.synth import make_clip, scene_frames
+from video_pipeline.video import partner_frames
 
 TESTED = "tested"          # the name of the expert under test in the generated recipes
 E2E_FRAMES = 3             # frames of the end-to-end clip: with E2E_SHARD, one full and one partial shard
@@ -120,17 +121,15 @@ def synthetic_frames(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     return scene_frames(n, (h, w), seed=seed)
 
 
-def next_frame_deps(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """The runner's `next_frames` (uint8 [N,H,W,3]) and `next_sign` (float32 [N]) for a whole clip.
-
-    Frame i gets frame i+1 (sign +1); the last frame gets the one before it (sign -1).
+def next_frame_deps(frames: np.ndarray, step: int = 1) -> dict[str, np.ndarray]:
+    """The runner's `next_frames` (uint8 [N,H,W,3]) and `next_sign` (float32 [N]) for a whole clip,
+    paired as the runner pairs them (`video.partner_frames`): frame i gets frame i+step (sign +1);
+    where the clip has none, frame i-step (sign -1).
     """
     n = len(frames)
-    if n < 2:
-        raise ValueError(f"need at least 2 frames for next-frame dependencies, got {n}")
-    index = np.append(np.arange(1, n), n - 2)
-    sign = np.ones(n, dtype=np.float32)
-    sign[-1] = -1.0
+    if n <= abs(step):
+        raise ValueError(f"need more than {abs(step)} frames for next-frame dependencies at step {step}, got {n}")
+    index, sign = partner_frames(np.arange(n), n, step)
     return {"next_frames": frames[index], "next_sign": sign}
 
 
@@ -172,12 +171,12 @@ def prepare(case: ExpertCase, folder: Path) -> Prepared:
     experts = load_experts(recipe, names, resolve_weights(recipe, names), test_device())
     frames = synthetic_frames(case.frames_shape)
     n, h, w = case.frames_shape
-    extra = next_frame_deps(frames)
     outputs: dict[str, np.ndarray] = {}
 
     def inputs_of(name: str) -> dict[str, np.ndarray]:
         inputs = {d: outputs[d] for d in recipe.experts[name].deps}
-        return {**inputs, **extra} if experts[name].needs_next_frame else inputs
+        expert = experts[name]
+        return {**inputs, **next_frame_deps(frames, expert.frame_step)} if expert.needs_next_frame else inputs
 
     for name, spec in recipe.experts.items():
         if name != TESTED:

@@ -15,8 +15,8 @@ import hashlib
 import queue
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -195,15 +195,14 @@ class FrameBatch:
     """One group of frames.
 
     frames: uint8 [N, H, W, 3] RGB at the requested size; indices: int64 [N] 0-based frame indices.
-    With `with_next`: next_frames uint8 [N, H, W, 3] holds frame i+1 for each frame i, or frame i-1
-    for the last readable frame of the video; next_sign float32 [N] is +1, or -1 where the previous
-    frame was used (0 for a one-frame video, whose "next" frame is itself).
+    partners: for each frame step k asked for (`Video.batches(steps=...)`), (frames uint8
+    [N, H, W, 3], sign float32 [N]) as `partner_frames` pairs them: frame i+k for each frame i, or
+    frame i-k with sign -1 where the video has no frame i+k (see `partner_frames`).
     """
 
     frames: np.ndarray
     indices: np.ndarray
-    next_frames: np.ndarray | None = None
-    next_sign: np.ndarray | None = None
+    partners: Mapping[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -288,10 +287,12 @@ class Video:
                 "height": self.height, "width": self.width}
 
     def batches(self, groups: Iterable[Sequence[int]], size: tuple[int, int] | None = None,
-                with_next: bool = False, queue_size: int = 2) -> Iterator[FrameBatch]:
+                steps: Iterable[int] = (), queue_size: int = 2) -> Iterator[FrameBatch]:
         """One FrameBatch per group of increasing frame indices, in order, decoded in a thread.
 
-        Frames are resized to `size` (H, W). Decoding runs ahead by at most `queue_size` batches.
+        Frames are resized to `size` (H, W). Each batch carries, for every frame step k of `steps`
+        (non-zero ints), each frame's partner k frames away (`FrameBatch.partners`). Decoding runs
+        ahead by at most `queue_size` batches.
         When frame f cannot be decoded, the frames of its group before f are yielded (if any), then
         DecodeError(frame=f) is raised. Closing the generator stops the decoding thread.
         """
@@ -300,9 +301,12 @@ class Video:
             if len(g) and (g[0] < 0 or g[-1] >= self.n_frames or np.any(np.diff(g) <= 0)):
                 raise ValueError(f"frame groups must be increasing indices in 0..{self.n_frames - 1}, "
                                  f"got {g[0]}..{g[-1]}")
+        steps = tuple(sorted({int(k) for k in steps}))
+        if 0 in steps:
+            raise ValueError("a frame step must not be 0")
         out: queue.Queue = queue.Queue(maxsize=max(queue_size, 1))
         stop = threading.Event()
-        worker = threading.Thread(target=self._produce, args=(groups, size, with_next, out, stop),
+        worker = threading.Thread(target=self._produce, args=(groups, size, steps, out, stop),
                                   name=f"vre-decode:{self.path.name}", daemon=True)
         worker.start()
         try:
@@ -333,14 +337,16 @@ class Video:
             gen.close()
         return batch.frames[np.searchsorted(batch.indices, idx)]
 
-    def _produce(self, groups: list[np.ndarray], size, with_next: bool, out: queue.Queue,
+    def _produce(self, groups: list[np.ndarray], size, steps: tuple[int, ...], out: queue.Queue,
                  stop: threading.Event) -> None:
         """The decoding thread: fills `out` with batches, then _END or the exception that ended it."""
-        reader = _FolderReader(self, size) if self.is_folder else _StreamReader(self, size)
+        # keep the frames a step reaches across a group boundary: the next group finds them cached
+        keep = max([2] + [abs(k) + 1 for k in steps])
+        reader = _FolderReader(self, size, keep) if self.is_folder else _StreamReader(self, size, keep)
         readable = self.n_frames - self.index.truncated
         try:
             for group in groups:
-                batch, failure = _read_group(reader, group, with_next, readable, stop)
+                batch, failure = _read_group(reader, group, steps, readable, stop)
                 if stop.is_set():
                     return
                 if batch is not None:
@@ -368,54 +374,68 @@ def _put(out: queue.Queue, item, stop: threading.Event) -> None:
             continue
 
 
-def _partners(group: np.ndarray, readable: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each frame i: the frame after it (i+1), or before it (i-1) for the last readable frame;
-    int64 [N] and the sign float32 [N] (+1 / -1; 0 when the video has a single frame)."""
-    partner = group + 1
-    sign = np.ones(len(group), np.float32)
-    last = partner >= readable
-    partner[last], sign[last] = group[last] - 1, -1
-    alone = partner < 0
-    partner[alone], sign[alone] = group[alone], 0
+def partner_frames(indices: np.ndarray, readable: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The frame `step` frames away from each of `indices`, for experts comparing two frames (flow).
+
+    indices: int64 [N] in 0..readable-1; step: non-zero int. Returns partner int64 [N] and sign
+    float32 [N]: frame i+step with sign +1 where the video has it; else frame i-step with sign -1
+    (the flow to it, negated, stands in: the last frames of a video for a positive step, the first
+    ones for a negative step); else, for a video shorter than the step, the farthest frame in the
+    step's direction with sign (partner - i) / step (0 for a one-frame video: the frame itself).
+    """
+    indices = np.asarray(indices, np.int64)
+    partner = indices + step
+    sign = np.ones(len(indices), np.float32)
+    outside = (partner < 0) | (partner >= readable)
+    back = indices - step
+    mirror = outside & (back >= 0) & (back < readable)
+    partner[mirror], sign[mirror] = back[mirror], -1.0
+    clip = outside & ~mirror
+    partner[clip] = np.clip(indices[clip] + step, 0, max(readable - 1, 0))
+    sign[clip] = (partner[clip] - indices[clip]) / np.float32(step)
     return partner, sign
 
 
-def _read_group(reader: _Reader, group: np.ndarray, with_next: bool, readable: int,
+def _read_group(reader: _Reader, group: np.ndarray, steps: tuple[int, ...], readable: int,
                 stop: threading.Event) -> tuple[FrameBatch | None, DecodeError | None]:
-    """Decode one group (and the next-frame partners); on failure, the part before it."""
-    partner, sign = _partners(group, readable) if with_next else (group, None)
+    """Decode one group (and the partners of each frame step); on failure, the part before it."""
+    pairs = {k: partner_frames(group, readable, k) for k in steps}
     got: dict[int, np.ndarray] = {}
     failure = None
     try:
-        for t, img in reader.frames(np.union1d(group, partner), stop):
+        for t, img in reader.frames(np.union1d(group, [p for p, _ in pairs.values()]), stop):
             got[t] = img
     except DecodeError as err:
         failure = err
     if failure is not None:
         group = group[group < failure.frame]
-        if with_next:  # the frame before the failure now pairs with the one before it
-            partner, sign = _partners(group, min(readable, failure.frame))
+        if steps:  # frames near the failure now pair with frames before it
+            pairs = {k: partner_frames(group, min(readable, failure.frame), k) for k in steps}
             try:
-                for t, img in reader.frames(np.setdiff1d(partner, list(got)), stop):
+                for t, img in reader.frames(np.setdiff1d([p for p, _ in pairs.values()], list(got)), stop):
                     got[t] = img
             except DecodeError:
-                pass  # frames without their partner are left out below
-            keep = np.isin(partner, list(got))
-            group, partner, sign = group[keep], partner[keep], sign[keep]
+                pass  # frames without their partners are left out below
+            keep = np.ones(len(group), bool)
+            for partner, _ in pairs.values():
+                keep &= np.isin(partner, list(got))
+            group = group[keep]
+            pairs = {k: (p[keep], s[keep]) for k, (p, s) in pairs.items()}
     if stop.is_set() or not len(group):
         return None, failure
     frames = np.stack([got[int(t)] for t in group])
-    if not with_next:
-        return FrameBatch(frames, group), failure
-    return FrameBatch(frames, group, np.stack([got[int(t)] for t in partner]), sign), failure
+    partners = {k: (np.stack([got[int(t)] for t in p]), s) for k, (p, s) in pairs.items()}
+    return FrameBatch(frames, group, partners), failure
 
 
 class _Reader(abc.ABC):
-    """Frames by index for the decoding thread, resized; keeps the last two (groups share one)."""
+    """Frames by index for the decoding thread, resized; keeps the last `keep` decoded frames (a
+    group shares them with the next one, which starts at or before them for frame steps)."""
 
-    def __init__(self, video: Video, size: tuple[int, int] | None):
+    def __init__(self, video: Video, size: tuple[int, int] | None, keep: int = 2):
         self.video, self.size = video, tuple(size) if size else None
         self.recent: dict[int, np.ndarray] = {}
+        self.keep = keep
 
     def frames(self, wanted: np.ndarray, stop: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
         """(index, uint8 [H, W, 3]) for each wanted index, in order; DecodeError at the first failure."""
@@ -428,7 +448,7 @@ class _Reader(abc.ABC):
                 if self.size:
                     img = resize(img[None], self.size, "image")[0]
                 self.recent[t] = img
-                if len(self.recent) > 2:
+                if len(self.recent) > self.keep:
                     del self.recent[next(iter(self.recent))]
             yield t, img
 
@@ -475,8 +495,8 @@ class _StreamReader(_Reader):
     """Sequential PyAV decoding; seeks (to the keyframe before the wanted frame) only when that
     skips frames or goes back."""
 
-    def __init__(self, video: Video, size):
-        super().__init__(video, size)
+    def __init__(self, video: Video, size, keep: int = 2):
+        super().__init__(video, size, keep)
         self.index = video.index
         self.container = None
         self.decoded: Iterator | None = None  # (frame index or None, av.VideoFrame) in display order

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from video_pipeline.errors import VreError
+from video_pipeline.expert import frame_steps
 from video_pipeline.recipe import load_recipe
 from video_pipeline.runner import (RunOptions, RunStats, Unit, UnitExecutor, execute, load_experts, open_target,
                                    prepare)
@@ -170,10 +171,10 @@ def measure(recipe_path, video_path, frames=None, device: str | None = None) -> 
             if not learned:
                 raise VreError(f"{recipe_path}: no learned (torch) expert to measure")
             try:
-                with_next = any(e.needs_next_frame for e in experts.values())
+                steps = frame_steps(experts.values())
                 first = max(recipe.experts[name].batch_size for name in learned)  # one batch each
                 warm_unit = Unit(units[0].shard, {k: v[:first] for k, v in units[0].compute.items()}, {})
-                batch = next(video.batches([warm_unit.frames], size=size, with_next=with_next))
+                batch = next(video.batches([warm_unit.frames], size=size, steps=steps))
                 t0 = time.perf_counter()
                 UnitExecutor(recipe, experts, size, prepared.store, "stop", RunStats()).compute(warm_unit, batch)
                 _sync()
@@ -189,7 +190,7 @@ def measure(recipe_path, video_path, frames=None, device: str | None = None) -> 
                 forward_pipeline_s = timer.seconds()
                 timer.reset()
 
-                batches = list(video.batches([u.frames for u in units], size=size, with_next=with_next))
+                batches = list(video.batches([u.frames for u in units], size=size, steps=steps))
                 bare = RunStats()
                 executor = UnitExecutor(recipe, experts, size, prepared.store, "stop", bare)
                 for unit, b in zip(units, batches):
