@@ -7,7 +7,10 @@ An item of `StoreDataset` is
      "present": bool [M], which of `dataset.modalities` were read (the others are filled)};
 with `compact=True` the modalities are the stored frames and `dataset.to_float` converts batches.
 
-`python -m video_pipeline.bench.loader [STORE]` measures the DataLoader throughput.
+A DataLoader reads whole batches through `StoreDataset.__getitems__` (one tensor per modality,
+decoded in place; in workers, shared memory reused from batch to batch: `video_pipeline.slabs`).
+`python -m video_pipeline.dataset --bench [STORE]` (= `python -m video_pipeline.bench.loader`)
+measures the DataLoader throughput.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
 from video_pipeline.errors import VreError
 from video_pipeline.export import load_splits, split_mask
 from video_pipeline.imageops import resize
+from video_pipeline.slabs import SharedBatch, Slab, SlabPool, worker_pool
 from video_pipeline.store import FrameReader, VideoStore, contiguous_runs, store_name
 
 NORMALIZATIONS = ("none", "min_max", "standardization")
@@ -349,6 +355,7 @@ class StoreDataset(torch.utils.data.Dataset):
         self.statistics = self._statistics(opened, statistics)
         self._shift_scale = self._affine()
         self._readers: dict[int, dict[str, FrameReader]] = {}
+        self._scratch: dict[str, torch.UntypedStorage] = {}
         self._pid = None
         self._rng = None
 
@@ -489,14 +496,14 @@ class StoreDataset(torch.utils.data.Dataset):
     # ------------------------------------------------------------------ worker side
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_readers={}, _pid=None, _rng=None)  # each process opens its own readers
+        state.update(_readers={}, _scratch={}, _pid=None, _rng=None)  # each process opens its own readers
         return state
 
     def _process_state(self) -> None:
         """Readers and the crop RNG belong to one process: a DataLoader worker (forked or spawned)
         opens its own on first use. Worker seeds differ per worker and per epoch."""
         if self._pid != os.getpid():
-            self._readers, self._pid = {}, os.getpid()
+            self._readers, self._scratch, self._pid = {}, {}, os.getpid()
             self._rng = np.random.default_rng(torch.initial_seed())
 
     def _reader(self, s: int, name: str) -> FrameReader:
@@ -508,33 +515,116 @@ class StoreDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._pos)
 
+    def _window(self) -> tuple[slice, slice] | None:
+        """The next random crop window (None without `crop`)."""
+        if not self.crop:
+            return None
+        y0 = int(self._rng.integers(0, self.size[0] - self.crop[0] + 1))
+        x0 = int(self._rng.integers(0, self.size[1] - self.crop[1] + 1))
+        return slice(y0, y0 + self.crop[0]), slice(x0, x0 + self.crop[1])
+
+    def _sized(self, x: np.ndarray, kind: str, window: tuple[slice, slice] | None) -> np.ndarray:
+        """A stored frame [h0,w0,C] resized to the dataset's size (nearest for class maps), then
+        cropped to `window` (a view)."""
+        if tuple(x.shape[:2]) != tuple(self.size):
+            x = resize(x[None], self.size, kind)[0]
+        return x[window] if window else x
+
     def __getitem__(self, i: int) -> dict:
         self._process_state()
         s, pos = int(self._store[i]), int(self._pos[i])
         present = self._present[i]
-        out_size = self.size
-        window = None
-        if self.crop:
-            y0 = int(self._rng.integers(0, out_size[0] - self.crop[0] + 1))
-            x0 = int(self._rng.integers(0, out_size[1] - self.crop[1] + 1))
-            window = (slice(y0, y0 + self.crop[0]), slice(x0, x0 + self.crop[1]))
-        h, w = self.crop or out_size
+        window = self._window()
+        h, w = self.crop or self.size
         item = {}
         for name, here in zip(self.modalities, present):
             spec = self.specs[name]
             if not here:
                 item[name] = self._compact_fill(spec, h, w)
                 continue
-            x = self._reader(s, name).read(pos)  # a new array: items keep it
-            if tuple(x.shape[:2]) != tuple(out_size):
-                x = resize(x[None], out_size, spec.kind)[0]
-            if window:
-                x = np.ascontiguousarray(x[window]) if self.compact else x[window]
-            item[name] = torch.from_numpy(x)
+            x = self._sized(self._reader(s, name).read(pos), spec.kind, window)  # new arrays: items keep them
+            item[name] = torch.from_numpy(np.ascontiguousarray(x) if window and self.compact else x)
         item["store"] = self.store_names[s]
         item["frame"] = int(self._frame[i])
         item["present"] = torch.from_numpy(present.copy())
         return item if self.compact else self.to_float(item)
+
+    def __getitems__(self, indices: Sequence[int]) -> "BatchItems":
+        """The items of `indices`, equal to `[self[i] for i in indices]` (crops drawn in the same
+        order), read as one batch: each modality of the whole batch decoded straight into one
+        tensor [N, ...], each shard file opened once per batch. `torch.utils.data.default_collate`
+        (the DataLoader's default) returns that batch as it is instead of stacking the items; in a
+        DataLoader worker it lies in shared memory that the worker reuses once the main process has
+        dropped the batch (`video_pipeline.slabs`), so neither a copy nor new pages are paid per
+        batch. Any other collate_fn gets the items, as from `__getitem__`.
+        """
+        self._process_state()
+        pool = worker_pool()
+        if pool is not None:
+            pool.begin()
+        batch, slabs = self._read_batch(indices, pool)
+        return BatchItems(batch, slabs, self.modalities)
+
+    def _read_batch(self, indices: Sequence[int], pool: SlabPool | None) -> tuple[dict, dict[str, Slab]]:
+        """(the collated batch of `indices`, the pool slabs holding its tensors by key)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"index out of range for a dataset of {len(self)} samples")
+        idx %= max(len(self), 1)  # negative indices count from the end, as in a list
+        n = len(idx)
+        stores, positions, present = self._store[idx], self._pos[idx], self._present[idx]
+        windows = [self._window() for _ in range(n)]
+        h, w = self.crop or self.size
+        slabs: dict[str, Slab] = {}
+
+        def shared(key: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+            if pool is None:
+                return torch.empty(shape, dtype=dtype)
+            slabs[key] = pool.take(math.prod(shape) * dtype.itemsize)
+            return slabs[key].tensor(shape, dtype)
+
+        batch = {}
+        for m, name in enumerate(self.modalities):
+            spec = self.specs[name]
+            shape, dtype = (n, h, w, spec.channels), getattr(torch, spec.dtype)
+            x = shared(name, shape, dtype) if self.compact else self._scratch_tensor(name, shape, dtype)
+            self._read_modality(name, m, x.numpy(), stores, positions, present, windows)
+            batch[name] = x
+        batch["store"] = [self.store_names[s] for s in stores]
+        batch["frame"] = torch.from_numpy(self._frame[idx].astype(np.int64))
+        batch["present"] = torch.from_numpy(present.copy())
+        if not self.compact:  # converted from the scratch tensors into the shared ones
+            batch = self._to_float(batch, None, shared)
+        return batch, slabs
+
+    def _read_modality(self, name: str, m: int, dest: np.ndarray, stores: np.ndarray, positions: np.ndarray,
+                       present: np.ndarray, windows: list) -> None:
+        """Frames of modality `name` (column m of `present`) into dest [N, h, w, C], compact form."""
+        spec = self.specs[name]
+        direct: dict[int, tuple[list, list]] = {}  # store -> (positions, destinations): no resize, no crop
+        for j in range(len(dest)):
+            if not present[j, m]:
+                dest[j] = self._stored_fill(spec)
+                continue
+            s = int(stores[j])
+            reader = self._reader(s, name)
+            if windows[j] is None and tuple(reader.frame_shape[:2]) == tuple(self.size):
+                wanted = direct.setdefault(s, ([], []))
+                wanted[0].append(int(positions[j]))
+                wanted[1].append(dest[j])
+                continue
+            dest[j] = self._sized(reader.read(int(positions[j])), spec.kind, windows[j])
+        for s, (wanted_positions, outs) in direct.items():
+            self._reader(s, name).read_into(wanted_positions, outs)
+
+    def _scratch_tensor(self, key: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """A tensor over this process's scratch buffer `key`, reused batch after batch (for values
+        that are converted, never handed out)."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        buf = self._scratch.get(key)
+        if buf is None or buf.nbytes() < nbytes:
+            buf = self._scratch[key] = torch.UntypedStorage(nbytes)
+        return torch.empty(0, dtype=dtype).set_(buf, 0, shape)
 
     def to_float(self, item: Mapping, device: str | torch.device | None = None) -> dict:
         """Compact tensors [.., H,W,C] (an item, or a collated batch with a leading batch dimension)
@@ -544,8 +634,18 @@ class StoreDataset(torch.utils.data.Dataset):
         With `compact=True`, call it on each batch on the training device (a GPU does it in
         microseconds); otherwise `__getitem__` applies it in the worker.
         """
+        return self._to_float(item, device, None)
+
+    def _to_float(self, item: Mapping, device, alloc) -> dict:
+        """`to_float`, its outputs made by alloc(key, shape, dtype) when given (else new tensors)."""
         out = dict(item)
         present = item["present"].to(device) if device is not None else item["present"]
+
+        def new(key, x, dtype):
+            if alloc is None:  # always a copy: the normalization below works in place
+                return x.to(dtype, memory_format=torch.contiguous_format, copy=True)
+            return alloc(key, tuple(x.shape), dtype).copy_(x)
+
         for m, name in enumerate(self.modalities):
             spec = self.specs[name]
             x = item[name].to(device, non_blocking=True) if device is not None else item[name]
@@ -553,12 +653,11 @@ class StoreDataset(torch.utils.data.Dataset):
             if spec.class_map:
                 if spec.one_hot:
                     classes = torch.arange(len(spec.classes), device=x.device, dtype=x.dtype)
-                    y = (x.unsqueeze(-3) == classes.view(-1, 1, 1)).to(torch.float32)
+                    y = new(name, x.unsqueeze(-3) == classes.view(-1, 1, 1), torch.float32)
                 else:
-                    y = x.to(torch.int64)
+                    y = new(name, x, torch.int64)
             else:
-                # always a copy: the normalization below works in place
-                y = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+                y = new(name, x, torch.float32)
                 if name in self._shift_scale:
                     shift, scale = (t.to(y.device) for t in self._shift_scale[name])
                     y.sub_(shift).mul_(scale)
@@ -566,7 +665,7 @@ class StoreDataset(torch.utils.data.Dataset):
             if absent.any():
                 fill = self._fill_value(spec)
                 if absent.ndim == 0:
-                    y = torch.full_like(y, fill)
+                    y.fill_(fill)
                 else:
                     y[absent] = fill
             out[name] = y
@@ -578,9 +677,83 @@ class StoreDataset(torch.utils.data.Dataset):
             return 0
         return LABEL_FILL if spec.class_map and not spec.one_hot else float("nan")
 
+    @staticmethod
+    def _stored_fill(spec: ModalitySpec):
+        """A missing modality's value in the compact form: the store's fill value (255, or NaN for
+        floats); `to_float` replaces it with the fill of the float32 form."""
+        return LABEL_FILL if spec.dtype == "uint8" else float("nan")
+
     def _compact_fill(self, spec: ModalitySpec, h: int, w: int) -> torch.Tensor:
-        """A missing modality in the compact form: the store's fill value (255, or NaN for floats);
-        `to_float` replaces it with the fill of the float32 form."""
-        shape = (h, w, spec.channels)
-        return torch.full(shape, LABEL_FILL if spec.dtype == "uint8" else float("nan"),
-                          dtype=getattr(torch, spec.dtype))
+        return torch.full((h, w, spec.channels), self._stored_fill(spec), dtype=getattr(torch, spec.dtype))
+
+
+# ---------------------------------------------------------------------------------------- batches
+class _Item(dict):
+    """One item of a `BatchItems`: a plain dict to its users (pickled as one), that remembers
+    being changed (then default_collate stacks the items again rather than trust the batch)."""
+
+    __slots__ = ("changed",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.changed = False
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+
+def _changing(name: str):
+    method = getattr(dict, name)
+
+    def changed(self, *args, **kwargs):
+        self.changed = True
+        return method(self, *args, **kwargs)
+    changed.__name__ = name
+    return changed
+
+
+for _name in ("__setitem__", "__delitem__", "__ior__", "update", "pop", "popitem", "setdefault", "clear"):
+    setattr(_Item, _name, _changing(_name))
+
+
+class BatchItems(list):
+    """What `StoreDataset.__getitems__` returns: the batch's items (like `dataset[i]`, their tensors
+    views into the batch tensors) and `batch`, the collated batch itself, which default_collate
+    returns unless the list or an item was changed."""
+
+    def __init__(self, batch: dict, slabs: dict[str, Slab], modalities: Sequence[str]):
+        super().__init__(_Item({**{name: batch[name][j] for name in modalities}, "store": batch["store"][j],
+                                "frame": int(batch["frame"][j]), "present": batch["present"][j]})
+                         for j in range(len(batch["store"])))
+        self.batch, self.slabs = batch, slabs
+        self._ids = [id(x) for x in self]
+        for slab in slabs.values():
+            slab.hold(self)
+
+    def intact(self) -> bool:
+        return [id(x) for x in self] == self._ids and not any(x.changed for x in self)
+
+    def collated(self) -> dict:
+        return SharedBatch(self.batch, self.slabs) if self.slabs else dict(self.batch)
+
+
+def _collate_items(batch, *, collate_fn_map=None):
+    """default_collate of `_Item`s: the batch read by `__getitems__` as it is, or (a list built or
+    changed elsewhere) the items stacked like any dicts."""
+    if isinstance(batch, BatchItems) and batch.intact():
+        return batch.collated()
+    return collate([dict(x) for x in batch], collate_fn_map=collate_fn_map)
+
+
+default_collate_fn_map[_Item] = _collate_items  # torch's documented way to extend default_collate
+
+
+if __name__ == "__main__":
+    # `python -m video_pipeline.dataset --bench [ARGS]`: the DataLoader benchmark under the name issue
+    # #18 gives it, i.e. the program `python -m video_pipeline.bench.loader [ARGS]` (run, not imported:
+    # the benchmark imports this module, never the reverse)
+    if sys.argv[1:2] != ["--bench"]:
+        print("usage: python -m video_pipeline.dataset --bench [STORE] [options of "
+              "python -m video_pipeline.bench.loader, see its --help]", file=sys.stderr)
+        sys.exit(2)
+    os.execv(sys.executable, [sys.executable, "-m", "video_pipeline.bench.loader", *sys.argv[2:]])

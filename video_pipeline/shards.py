@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import blosc
@@ -102,6 +103,29 @@ class ShardIO:
                 f.write(piece)
 
     # ------------------------------------------------------------------ decode
+    def decode_into(self, raw, out: np.ndarray) -> None:
+        """Encoded chunk bytes -> `out` [H, W, C] (C-contiguous, writable,
+        the array's dtype). Blosc chunks (with or without their crc32c) are checked and decompressed
+        straight into `out`; other chains decode through `decode_chunk`, then copy. Raises ValueError
+        on a checksum mismatch or a chunk of the wrong size, or what the codecs raise."""
+        serializer, *compressors = self.codecs
+        names = [type(c).__name__ for c in compressors]
+        if (names in (["BloscCodec"], ["BloscCodec", "Crc32cCodec"]) and isinstance(serializer, BytesCodec)
+                and serializer.endian in (None, Endian(sys.byteorder)) and out.flags.c_contiguous):
+            payload = np.frombuffer(raw, np.uint8)  # a view: the chunk is not copied again
+            if len(names) == 2:
+                payload, crc = payload[:-4], payload[-4:].tobytes()
+                if len(crc) != 4 or google_crc32c.value(payload) != int.from_bytes(crc, "little"):
+                    raise ValueError("Stored and computed checksum do not match")
+            # the Blosc header: 16 bytes, uncompressed size at 4 and compressed size at 12 (uint32 LE)
+            nbytes, cbytes = (int.from_bytes(payload[i:i + 4].tobytes(), "little") for i in (4, 12))
+            if len(payload) < 16 or cbytes != len(payload) or nbytes != out.nbytes:
+                raise ValueError(f"not a Blosc chunk of this frame ({len(payload)} bytes, header says "
+                                 f"{cbytes} holding {nbytes}, a frame takes {out.nbytes})")
+            blosc.decompress(payload, out)
+            return
+        out[...] = self.decode_chunk(bytes(raw))
+
     def decode_chunk(self, raw: bytes) -> np.ndarray:
         """Encoded chunk bytes -> one frame [H, W, C] of the array's dtype (a new, writable array).
         Raises what the codecs raise (a checksum mismatch, a chunk that does not decode)."""

@@ -598,14 +598,15 @@ _EMPTY = 2 ** 64 - 1  # offset/size of a chunk that was never written (zarr shar
 
 
 class FrameReader:
-    """Reads one frame [H,W,C] of a modality array, in its stored dtype.
+    """Reads frames [H,W,C] of a modality array in their stored dtype: one (`read`) or many straight
+    into given arrays, shard by shard (`read_into`, the training loader's batch path).
 
     VideoStore writes every array in one layout: one chunk per frame inside shards of `shard_frames`
     frames. Through zarr's generic path a single-frame read costs several milliseconds of Python,
     async hand-offs and copies; here the frame's chunk is located with the shard index (zarr v3
     sharding: little-endian uint64 (offset, size) pairs at the end of the shard file, then a
-    crc32c) and decoded by the array's own codecs (`shards.ShardIO`: Blosc straight into the new
-    frame, JPEG-XL, the chunk's crc32c checked). Arrays in any other layout, or on a big-endian
+    crc32c) and decoded by the array's own codecs (`shards.ShardIO.decode_into`: the chunk's crc32c
+    checked, Blosc straight into the destination frame, JPEG-XL). Arrays in any other layout, or on a big-endian
     machine, are read through zarr.
     """
 
@@ -618,17 +619,45 @@ class FrameReader:
         self.io = ShardIO.of(self.array) if layout is not None else None
         self.layout = layout if self.io is not None else None
         self.indexes: dict[tuple, np.ndarray] = {}
+        self.buffer = bytearray()  # the chunk being decoded
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
 
     def read(self, position: int) -> np.ndarray:
         """Frame at `position` [H,W,C], a new array. A damaged chunk or index is a StoreError."""
+        out = np.empty(self.frame_shape, self.dtype)
+        self.read_into([position], [out])
+        return out
+
+    def read_into(self, positions, outs) -> None:
+        """Frames at `positions` (ints, any order) into `outs` (one writable C-contiguous array
+        [H,W,C] of the stored dtype per position), each shard file opened once however many of its
+        frames are asked. Frames never written read as the fill value; a damaged chunk or index is
+        a StoreError naming the shard."""
         if self.layout is None:
-            return np.asarray(self.array[position])
-        shard, k = divmod(position, self.layout.frames)
+            for position, out in zip(positions, outs):
+                out[...] = self.array[int(position)]
+            return
+        by_shard: dict[int, list] = {}
+        for position, out in zip(positions, outs):
+            by_shard.setdefault(int(position) // self.layout.frames, []).append((int(position), out))
+        for shard, wanted in by_shard.items():
+            self._read_shard(shard, wanted)
+
+    def _read_shard(self, shard: int, wanted: list) -> None:
         path = self.root / "c" / str(shard) / "0" / "0" / "0"  # shards span whole frames
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            return np.full(self.io.frame_shape, self.fill, self.io.dtype)
+            for _, out in wanted:
+                out[...] = self.fill
+            return
         try:
             st = os.fstat(fd)
             key = (shard, st.st_size, st.st_mtime_ns)  # a rewritten shard has a new index
@@ -640,16 +669,22 @@ class FrameReader:
                 if len(self.indexes) > 64:
                     self.indexes.clear()
                 self.indexes[key] = index
-            offset, size = int(index[k, 0]), int(index[k, 1])
-            if offset == _EMPTY:
-                return np.full(self.io.frame_shape, self.fill, self.io.dtype)
-            chunk = os.pread(fd, size, offset)
+            for position, out in wanted:
+                offset, size = (int(v) for v in index[position % self.layout.frames])
+                if offset == _EMPTY:
+                    out[...] = self.fill
+                    continue
+                if len(self.buffer) < size:  # one buffer per reader: no new pages per chunk
+                    self.buffer = bytearray(size + (size >> 3))
+                chunk = memoryview(self.buffer)[:size]
+                if os.preadv(fd, [chunk], offset) != size:
+                    raise damaged_error(self.root, shard, f"frame {position}: truncated")
+                try:
+                    self.io.decode_into(chunk, out)
+                except Exception as err:  # the chunk's checksum, or a chunk that no longer decodes
+                    raise damaged_error(self.root, shard, f"frame {position}: {read_failure(err)}") from None
         finally:
             os.close(fd)
-        try:
-            return self.io.decode_chunk(chunk)
-        except Exception as err:  # the chunk's checksum, or a chunk without one that no longer decodes
-            raise damaged_error(self.root, shard, f"frame {position}: {read_failure(err)}") from None
 
 
 @dataclass(frozen=True)
