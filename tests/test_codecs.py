@@ -29,6 +29,7 @@ def recipe(tmp_path, top="", rgb="", edges=""):
 
 
 @pytest.mark.parametrize("value, expected", [
+    ("auto", CodecSpec()),
     ("zstd", CodecSpec("zstd", level=1)),
     ({"name": "zstd", "level": 9}, CodecSpec("zstd", level=9)),
     ("lz4", CodecSpec("lz4", level=1)),
@@ -39,10 +40,11 @@ def test_codec_values(value, expected):
 
 
 @pytest.mark.parametrize("text, line, needle", [
-    ("codec: brotli\n", 2, "unknown codec 'brotli' (known: zstd, lz4, jpegxl)"),
+    ("codec: brotli\n", 2, "unknown codec 'brotli' (known: auto, zstd, lz4, jpegxl)"),
+    ("codec: {name: auto, level: 3}\n", 2, "auto takes no options, not level"),
     ("codec: {name: zstd, level: 30}\n", 2, "zstd level must be an integer in 1..22, got 30"),
     ("codec: {name: lz4, effort: 2}\n", 2, "lz4 takes level, not effort"),
-    ("codec: 3\n", 2, "must be one of zstd, lz4, jpegxl"),
+    ("codec: 3\n", 2, "must be one of auto, zstd, lz4, jpegxl"),
 ])
 def test_bad_codec_names_the_line(tmp_path, text, line, needle):
     path = write_recipe(tmp_path / "r.yaml", "\n" + text + "experts: {rgb: {type: color/rgb}}\n")
@@ -65,16 +67,33 @@ def test_jpegxl_only_for_uint8_images(tmp_path):
 def test_codec_is_part_of_identity_only_when_not_default(tmp_path):
     plain = recipe(tmp_path)
     assert "codec" not in plain.experts["rgb"].identity()
-    assert recipe(tmp_path, top="codec: zstd").sha256 == plain.sha256  # the default, said explicitly
-    lz4 = recipe(tmp_path, rgb=", codec: lz4")
-    assert lz4.experts["rgb"].identity()["codec"] == {"name": "lz4", "level": 1}
-    assert lz4.experts["edges"].codec == CodecSpec()
+    # zstd level 1 was the default before "auto": stores made then resume under either recipe
+    assert recipe(tmp_path, top="codec: zstd").sha256 == plain.sha256
+    assert recipe(tmp_path, top="codec: auto").sha256 == plain.sha256
+    assert recipe(tmp_path, rgb=", codec: lz4").sha256 == plain.sha256  # what auto picks for rgb
+    lz4 = recipe(tmp_path, edges=", codec: lz4")
+    assert lz4.experts["edges"].identity()["codec"] == {"name": "lz4", "level": 1}
+    assert lz4.experts["rgb"].codec == CodecSpec()
+    assert recipe(tmp_path, rgb=", codec: {name: zstd, level: 5}").experts["rgb"].identity()["codec"] == \
+        {"name": "zstd", "level": 5}
+
+
+def test_auto_picks_lz4_for_uint8_images_and_zstd_for_the_rest(tmp_path, clip):
+    """The default chain per kind, as stored: what plain zarr readers see in zarr.json."""
+    out = tmp_path / "auto.zarr"
+    run(recipe(tmp_path), clip, out, RunOptions(frames=np.arange(2), progress=False))
+    group = zarr.open_group(out, mode="r")
+    chains = {name: group[name].metadata.to_dict()["codecs"][0]["configuration"]["codecs"] for name in ("rgb", "edges")}
+    assert [c["name"] for c in chains["rgb"]] == ["bytes", "blosc", "crc32c"]
+    assert chains["rgb"][1]["configuration"]["cname"] == "lz4"
+    assert chains["edges"][1]["configuration"]["cname"] == "zstd"
+    assert chains["edges"][1]["configuration"]["shuffle"] == "bitshuffle"
 
 
 def test_codecs_round_trip_losslessly_and_plain_zarr_reads_them(tmp_path, clip):
     frames = np.arange(0, 10)
     stores = {}
-    for name, kw in {"zstd": {}, "lz4": {"top": "codec: lz4"},
+    for name, kw in {"zstd": {"top": "codec: zstd"}, "auto": {}, "lz4": {"top": "codec: lz4"},
                      "jxl": {"rgb": ", codec: {name: jpegxl, effort: 1}", "edges": ", codec: jpegxl"}}.items():
         stores[name] = tmp_path / f"{name}.zarr"
         run(recipe(tmp_path, **kw), clip, stores[name], RunOptions(frames=frames, progress=False))
@@ -83,7 +102,7 @@ def test_codecs_round_trip_losslessly_and_plain_zarr_reads_them(tmp_path, clip):
     assert meta["codecs"][0]["configuration"]["codecs"][0]["name"] == "video_pipeline.jpegxl"
     assert zarr.open_group(stores["zstd"], mode="r")["edges"].metadata.to_dict()["codecs"][0][
         "configuration"]["codecs"][1]["configuration"]["shuffle"] == "bitshuffle"
-    for name in ("lz4", "jxl"):
+    for name in ("auto", "lz4", "jxl"):
         other = zarr.open_group(stores[name], mode="r")
         for m in ("rgb", "edges"):
             np.testing.assert_array_equal(other[m][:10], ref[m][:10])
@@ -100,5 +119,6 @@ def test_another_codec_on_a_stored_expert_is_refused(tmp_path, clip):
     out = tmp_path / "s.zarr"
     run(recipe(tmp_path), clip, out, RunOptions(frames=np.arange(4), progress=False))
     with pytest.raises(StoreError, match=r"expert 'rgb' is stored with a different recipe \(codec: None -> "
-                                         r"\{'name': 'lz4', 'level': 1\}\)"):
-        run(recipe(tmp_path, rgb=", codec: lz4"), clip, out, RunOptions(frames=np.arange(4), progress=False))
+                                         r"\{'name': 'zstd', 'level': 5\}\)"):
+        run(recipe(tmp_path, rgb=", codec: {name: zstd, level: 5}"), clip, out,
+            RunOptions(frames=np.arange(4), progress=False))

@@ -27,9 +27,9 @@ INTERRUPTED = {"run": "interrupted; finished shards are kept, rerun the same com
 def cmd_run(args) -> int:
     from video_pipeline.parallel import default_workers, run_parallel
     from video_pipeline.recipe import load_recipe
-    from video_pipeline.runner import RunOptions, few_malloc_arenas, run, store_paths
+    from video_pipeline.runner import RunOptions, tune_malloc, run, store_paths
 
-    few_malloc_arenas()
+    tune_malloc()
     recipe = load_recipe(recipe_path(args.recipe))
     targets = store_paths(args.video, args.output)
     workers = args.workers or default_workers(recipe, args.device)
@@ -239,9 +239,9 @@ def cmd_analyze(args) -> int:
 
 def cmd_bench(args) -> int:
     from video_pipeline.bench.pipeline import bench
-    from video_pipeline.runner import few_malloc_arenas
+    from video_pipeline.runner import tune_malloc
 
-    few_malloc_arenas()
+    tune_malloc()
     print(bench(recipe_path(args.recipe), args.video, frames=args.frames, device=args.device,
                 workers=args.workers, keep=args.keep, as_json=args.json))
     return 0

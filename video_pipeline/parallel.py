@@ -37,7 +37,7 @@ from video_pipeline import errors, registry
 from video_pipeline.errors import DecodeError, RecipeError, VreError, WeightsError
 from video_pipeline.recipe import Recipe, load_recipe
 from video_pipeline.runner import (FrameCount, Prepared, RunOptions, RunStats, Unit, discarded_on_error,
-                                   execute, few_malloc_arenas, load_experts, open_target, prepare,
+                                   execute, tune_malloc, load_experts, open_target, prepare,
                                    progress_bar, resolve_weights)
 from video_pipeline.store import VideoStore
 from video_pipeline.video import FrameIndex, Video
@@ -140,7 +140,7 @@ class Worker:
     the opened stores and videos. Runs in a spawned process or as a Ray actor."""
 
     def __init__(self, spec: WorkerSpec, targets: Sequence[Target], slot: int = 0):
-        few_malloc_arenas()
+        tune_malloc()
         self.spec, self.targets, self.slot = spec, list(targets), slot
         self.recipe: Recipe | None = None
         self.experts: dict = {}

@@ -19,6 +19,8 @@ from typing import Any
 
 from video_pipeline import registry
 from video_pipeline.codecs import DEFAULT as DEFAULT_CODEC
+from video_pipeline.codecs import ZSTD1
+from video_pipeline.codecs import resolve as resolve_codec
 from video_pipeline.codecs import CodecSpec, check_codec, codec_fits, parse_codec
 from video_pipeline.errors import RecipeError, WeightsError
 from video_pipeline.expert import Expert, OutputSpec
@@ -58,12 +60,15 @@ class ExpertSpec:
 
     def identity(self) -> dict:
         """What defines the stored data (device and batch size do not). The codec is part of it
-        when it is not the default (an array keeps the codec it was created with; stores made
-        before `codec:` existed hold the default)."""
+        when it is neither the default ("auto", or the codec "auto" picks for this output) nor
+        zstd level 1, the default before "auto" (an
+        array keeps the codec it was created with, and every codec is lossless: resuming a store
+        made with the old default writes on in zstd)."""
         ident = {"type": self.type, "deps": list(self.deps), "params": self.params,
                  "weights": self.weights, "dtype": self.dtype,
                  "resolution": list(self.resolution) if self.resolution else None}
-        if self.codec != DEFAULT_CODEC:
+        auto = resolve_codec(DEFAULT_CODEC, self.output.kind, self.output.dtype) if self.output else None
+        if self.codec not in (DEFAULT_CODEC, ZSTD1, auto):
             ident["codec"] = self.codec.to_dict()
         return ident
 

@@ -25,7 +25,7 @@ from video_pipeline.codecs import CodecSpec, codec_fits
 from video_pipeline.store import ArraySpec, FrameReader, VideoStore
 from video_pipeline.video import Video
 
-CODECS = {"zstd-1 (default)": CodecSpec("zstd", level=1), "zstd-5": CodecSpec("zstd", level=5),
+CODECS = {"auto (default)": CodecSpec(), "zstd-1": CodecSpec("zstd", level=1), "zstd-5": CodecSpec("zstd", level=5),
           "lz4": CodecSpec("lz4"), "jpegxl": CodecSpec("jpegxl", effort=1)}
 SHARD = 32
 

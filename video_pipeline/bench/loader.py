@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compact", action="store_true", help="workers send stored dtypes; to_float on --device")
     p.add_argument("--device", default="cpu", help="where --compact batches are made float32 (cpu, cuda; "
                    "none: not converted, the loader's delivery alone)")
-    p.add_argument("--codec", default=None, help="codec of the synthetic store (zstd, lz4; default zstd)")
+    p.add_argument("--codec", default=None, help="codec of the synthetic store (auto, zstd, lz4; default auto: lz4 for rgb, zstd for the rest)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         codec = parse_codec(args.codec) if args.codec else None
