@@ -194,3 +194,18 @@ def test_python_m_dataset_bench_runs_the_loader_benchmark(tmp_path, monkeypatch,
         runpy.run_path(ds_mod.__file__, run_name="__main__")
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--bench" in err and len(err.strip().splitlines()) == 1
+
+
+def test_threads_sharing_a_dataset_read_right_values(store_data_lz4):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = store_data_lz4
+    expected = zarr_frames(path, "rgb", np.arange(T))
+    for compact in (True, False):
+        ds = StoreDataset(path, modalities=["rgb", "depth"], compact=compact)
+        batches = [[i, (i + 5) % T, (i + 7) % T] for i in range(T)] * 3
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda b: torch.utils.data.default_collate(ds.__getitems__(b)), batches))
+        for indices, batch in zip(batches, results):
+            rgb = batch["rgb"] if compact else batch["rgb"].permute(0, 2, 3, 1).to(torch.uint8)
+            np.testing.assert_array_equal(rgb.numpy(), expected[indices])

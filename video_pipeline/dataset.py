@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -355,7 +356,7 @@ class StoreDataset(torch.utils.data.Dataset):
         self.statistics = self._statistics(opened, statistics)
         self._shift_scale = self._affine()
         self._readers: dict[int, dict[str, FrameReader]] = {}
-        self._scratch: dict[str, torch.UntypedStorage] = {}
+        self._scratch: dict[tuple[int, str], torch.UntypedStorage] = {}
         self._pid = None
         self._rng = None
 
@@ -618,9 +619,10 @@ class StoreDataset(torch.utils.data.Dataset):
             self._reader(s, name).read_into(wanted_positions, outs)
 
     def _scratch_tensor(self, key: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-        """A tensor over this process's scratch buffer `key`, reused batch after batch (for values
+        """A tensor over this thread's scratch buffer `key`, reused batch after batch (for values
         that are converted, never handed out)."""
         nbytes = math.prod(shape) * dtype.itemsize
+        key = (threading.get_ident(), key)
         buf = self._scratch.get(key)
         if buf is None or buf.nbytes() < nbytes:
             buf = self._scratch[key] = torch.UntypedStorage(nbytes)

@@ -41,6 +41,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -649,7 +650,7 @@ class FrameReader:
         self.io = ShardIO.of(self.array) if layout is not None else None
         self.layout = layout if self.io is not None else None
         self.indexes: dict[tuple, np.ndarray] = {}
-        self.buffer = bytearray()  # the chunk being decoded
+        self.local = threading.local()  # .buffer: the chunk being decoded, one per thread
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
@@ -704,9 +705,10 @@ class FrameReader:
                 if offset == _EMPTY:
                     out[...] = self.fill
                     continue
-                if len(self.buffer) < size:  # one buffer per reader: no new pages per chunk
-                    self.buffer = bytearray(size + (size >> 3))
-                chunk = memoryview(self.buffer)[:size]
+                buffer = getattr(self.local, "buffer", b"")
+                if len(buffer) < size:  # one buffer per reader and thread: no new pages per chunk
+                    buffer = self.local.buffer = bytearray(size + (size >> 3))
+                chunk = memoryview(buffer)[:size]
                 if os.preadv(fd, [chunk], offset) != size:
                     raise damaged_error(self.root, shard, f"frame {position}: truncated")
                 try:

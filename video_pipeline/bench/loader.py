@@ -34,7 +34,7 @@ def bench(store: Path, workers: int, batch_size: int, seconds: float, start_meth
                                          persistent_workers=workers > 0)
     batches = iter(())
     warmup = 2 * max(workers, 1)  # worker start-up and first reads are not the steady state
-    samples, t0, delivered, cpu0 = 0, None, 0, _cpu_seconds()
+    samples, t0, delivered, cpu0, main0 = 0, None, 0, _cpu_seconds(), _cpu_seconds(children=False)
     batch = None
     while t0 is None or time.perf_counter() - t0 < seconds or batch is None:
         batch = next(batches, None)
@@ -52,23 +52,28 @@ def bench(store: Path, workers: int, batch_size: int, seconds: float, start_meth
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
+    main_ms = (_cpu_seconds(children=False) - main0) / delivered * 1e3
     del batches, loader  # the workers end, so their CPU time is counted
     cpu_ms = (_cpu_seconds() - cpu0) / delivered * 1e3
     shapes = {k: [*v.shape[1:], str(v.dtype).removeprefix("torch.")] for k, v in batch.items()
               if isinstance(v, torch.Tensor)}
     return {"samples_per_s": round(samples / wall, 1), "samples": samples, "seconds": round(wall, 2),
-            "cpu_ms_per_sample": round(cpu_ms, 1),
+            "cpu_ms_per_sample": round(cpu_ms, 1), "main_cpu_ms_per_sample": round(main_ms, 1),
             "workers": workers, "batch_size": batch_size, "start_method": start_method or "default",
             "compact": compact, "device": device, "cpus": os.cpu_count(),
             "load_average": round(os.getloadavg()[0], 1), "batch_shapes": shapes}
 
 
-def _cpu_seconds() -> float:
-    """CPU seconds of this process and of its ended children (the loader's workers), user + system.
-    Per delivered sample (warm-up and worker start included) it says what the loader costs
-    whatever else runs on the machine."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def _cpu_seconds(children: bool = True) -> float:
+    """CPU seconds of this process (all its threads) and, with `children`, of its ended children
+    (the loader's workers), user + system. Per delivered sample (warm-up and worker start included)
+    it says what the loader costs whatever else runs on the machine."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    total = own.ru_utime + own.ru_stime
+    if children:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total += kids.ru_utime + kids.ru_stime
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
