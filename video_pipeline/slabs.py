@@ -34,6 +34,7 @@ import torch
 
 SLOTS = 64  # per worker, one per modality of a batch: the batches in flight (prefetch_factor) and
 # those the consumer holds, with room
+KEEP_FREE = 16  # free slabs kept for reuse at most (the least recently used beyond are freed)
 ALIGN = 4096
 
 
@@ -88,7 +89,8 @@ class SlabPool:
         self.pid = os.getpid()
 
     def begin(self) -> None:
-        """A new batch starts: slabs of earlier batches whose holders all died unleased are dropped."""
+        """A new batch starts: slabs of earlier batches whose holders all died unleased are dropped,
+        released ones become free (at most KEEP_FREE kept)."""
         with self.lock:
             self.batch += 1
             ctrl = self.ctrl.numpy()
@@ -101,6 +103,9 @@ class SlabPool:
                     ctrl[i] = 0
                 elif slab.state == "leased" and ctrl[i] == 0:
                     slab.state, slab.holders = "free", []
+            free = sorted((s.batch, i) for i, s in enumerate(self.slabs) if s is not None and s.state == "free")
+            for _, i in free[:max(0, len(free) - KEEP_FREE)]:  # after a burst of held batches
+                self.slabs[i] = None
 
     def take(self, nbytes: int) -> Slab:
         """A slab of at least `nbytes` for the current batch."""
