@@ -25,7 +25,9 @@ def bench(store: Path, workers: int, batch_size: int, seconds: float, start_meth
 
     With `compact`, workers deliver stored dtypes and each batch is made float32 on `device` by
     `to_float`, inside the timed loop; device "none" leaves batches compact (what the loader
-    delivers when the conversion runs on an accelerator, where it costs microseconds).
+    delivers when the conversion runs on an accelerator, where it costs microseconds); "copy"
+    copies each batch once into buffers reused from batch to batch, in this process (what
+    `pin_memory` does before a GPU copy: the cost of reading the batch out of shared memory).
     """
     dataset = StoreDataset(store, modalities=[m for m in ("rgb", "depth", "normals", "semantic")
                                               if m in VideoStore.open(store).names], compact=compact)
@@ -35,13 +37,22 @@ def bench(store: Path, workers: int, batch_size: int, seconds: float, start_meth
     batches = iter(())
     warmup = 2 * max(workers, 1)  # worker start-up and first reads are not the steady state
     samples, t0, delivered, cpu0, main0 = 0, None, 0, _cpu_seconds(), _cpu_seconds(children=False)
-    batch = None
+    batch, kept = None, {}
+    threads = torch.get_num_threads()
+    if device == "copy":
+        torch.set_num_threads(1)  # as DataLoader's pin_memory thread
     while t0 is None or time.perf_counter() - t0 < seconds or batch is None:
         batch = next(batches, None)
         if batch is None:  # next epoch
             batches = iter(loader)
             continue
-        if compact and device != "none":
+        if device == "copy":
+            for key, value in batch.items():
+                if isinstance(value, torch.Tensor):
+                    if key not in kept or kept[key].shape != value.shape:
+                        kept[key] = torch.empty_like(value)
+                    kept[key].copy_(value)
+        elif compact and device != "none":
             batch = dataset.to_float(batch, device)
         delivered += len(batch["frame"])
         if warmup:
@@ -49,6 +60,7 @@ def bench(store: Path, workers: int, batch_size: int, seconds: float, start_meth
             t0 = time.perf_counter() if not warmup else None
             continue
         samples += len(batch["frame"])
+    torch.set_num_threads(threads)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
@@ -88,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-method", choices=("fork", "spawn", "forkserver"))
     p.add_argument("--compact", action="store_true", help="workers send stored dtypes; to_float on --device")
     p.add_argument("--device", default="cpu", help="where --compact batches are made float32 (cpu, cuda; "
-                   "none: not converted, the loader's delivery alone)")
+                   "none: not converted, the loader's delivery alone; copy: not converted, copied once "
+                   "into reused buffers, as pin_memory does)")
     p.add_argument("--codec", default=None, help="codec of the synthetic store (auto, zstd, lz4; default auto: lz4 for rgb, zstd for the rest)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
