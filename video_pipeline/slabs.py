@@ -170,7 +170,8 @@ class SharedBatch(dict):
 def _receive(data: dict, leases: list) -> dict:
     """Unpickling side of SharedBatch: release each leased slab when its storage dies here."""
     for key, ctrl, slot, generation in leases:
-        weakref.finalize(data[key].untyped_storage(), _release, ctrl, slot, generation)
+        release = weakref.finalize(data[key].untyped_storage(), _release, ctrl, slot, generation)
+        release.atexit = False  # at exit the workers are gone: nothing to tell them
     return data
 
 
