@@ -189,6 +189,9 @@ def test_python_m_dataset_bench_runs_the_loader_benchmark(tmp_path, monkeypatch,
     assert loader.main(ran[0][3:]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["samples"] > 0 and result["batch_shapes"]["rgb"] == [H, W, 3, "uint8"]
+    assert 0 < result["main_cpu_ms_per_sample"] <= result["cpu_ms_per_sample"]
+    assert loader.main([*args[:-1], "copy"]) == 0  # batches also read out once, as pin_memory does
+    assert json.loads(capsys.readouterr().out)["device"] == "copy"
     monkeypatch.setattr(sys, "argv", ["dataset.py"])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(ds_mod.__file__, run_name="__main__")
