@@ -212,3 +212,29 @@ def test_threads_sharing_a_dataset_read_right_values(store_data_lz4):
         for indices, batch in zip(batches, results):
             rgb = batch["rgb"] if compact else batch["rgb"].permute(0, 2, 3, 1).to(torch.uint8)
             np.testing.assert_array_equal(rgb.numpy(), expected[indices])
+
+
+def test_a_damaged_shard_read_in_a_loader_worker_is_the_same_one_line_error(store_data_lz4):
+    path = store_data_lz4
+    shard = path / "rgb" / "c" / "1" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[300] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    ds = StoreDataset(path, modalities=["rgb"], compact=True)
+    with pytest.raises(StoreError) as in_process:
+        ds.__getitems__([4])
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context="fork")
+    with pytest.raises(StoreError) as from_worker:
+        list(loader)
+    assert str(from_worker.value) == str(in_process.value) and "\n" not in str(from_worker.value)
+    assert "shard 1 of 'rgb' is damaged (frame 4: checksum mismatch); run `vre verify" in str(from_worker.value)
+
+
+def test_only_torch_worker_reports_of_the_same_error_are_shortened():
+    from video_pipeline.errors import VreError, worker_message
+
+    report = "Caught {} in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n  File ...\n{}: a: b"
+    assert str(StoreError(report.format("StoreError", "video_pipeline.errors.StoreError"))) == "a: b"
+    other = report.format("StoreError", "builtins.ValueError")
+    assert worker_message(other) == other and str(VreError("plain: text")) == "plain: text"
+    assert VreError().args == () and StoreError("x", 3).args == ("x", 3)

@@ -823,7 +823,7 @@ def read_failure(err: Exception) -> str:
 class DamagedShard(StoreError):
     """A shard whose data fails its checksum or does not decode; `why` says how."""
 
-    def __init__(self, message: str, why: str):
+    def __init__(self, message: str, why: str = ""):  # why "": re-raised from a DataLoader worker
         super().__init__(message)
         self.why = why
 
