@@ -402,9 +402,17 @@ def _read_group(reader: _Reader, group: np.ndarray, steps: tuple[int, ...], read
     pairs = {k: partner_frames(group, readable, k) for k in steps}
     got: dict[int, np.ndarray] = {}
     failure = None
+    # each frame of the group is copied into the batch as soon as it is decoded, while it is still
+    # in the CPU's cache (stacking them afterwards costs ~1 ms more per 960x540 frame)
+    frames: np.ndarray | None = None
+    slot = {int(t): i for i, t in enumerate(group)}
     try:
         for t, img in reader.frames(np.union1d(group, [p for p, _ in pairs.values()]), stop):
             got[t] = img
+            if t in slot:
+                if frames is None:
+                    frames = np.empty((len(group), *img.shape), img.dtype)
+                frames[slot[t]] = img
     except DecodeError as err:
         failure = err
     if failure is not None:
@@ -421,9 +429,9 @@ def _read_group(reader: _Reader, group: np.ndarray, steps: tuple[int, ...], read
                 keep &= np.isin(partner, list(got))
             group = group[keep]
             pairs = {k: (p[keep], s[keep]) for k, (p, s) in pairs.items()}
+        frames = frames[[slot[int(t)] for t in group]] if frames is not None and len(group) else None
     if stop.is_set() or not len(group):
         return None, failure
-    frames = np.stack([got[int(t)] for t in group])
     partners = {k: (np.stack([got[int(t)] for t in p]), s) for k, (p, s) in pairs.items()}
     return FrameBatch(frames, group, partners), failure
 
