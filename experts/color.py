@@ -65,6 +65,7 @@ class HSV(Expert):
     """
 
     batch_size = 32
+    frame_parallel = True  # a per-frame OpenCV/NumPy function
 
     def __init__(self, method: Literal["opencv", "float"] = "opencv"):
         if method not in ("opencv", "float"):

@@ -45,6 +45,7 @@ class Canny(Expert):
     """Canny edges of the grey (or colour) frame: uint8 [N,H,W,1] with values 0/1 (see `canny_edges`)."""
 
     batch_size = 32
+    frame_parallel = True  # a per-frame OpenCV/NumPy function
 
     def __init__(self, low: int = 100, high: int = 200, aperture: int = 3, blur: int = 0,
                  l2_gradient: bool = False, source: Literal["grey", "rgb"] = "grey"):

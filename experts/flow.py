@@ -70,6 +70,7 @@ class Farneback(Expert):
 
     needs_next_frame = True
     batch_size = 16
+    frame_parallel = True  # a per-frame OpenCV/NumPy function
 
     def __init__(self, pyr_scale: float = 0.5, levels: int = 5, winsize: int = 15,
                  iterations: int = 3, poly_n: int = 5, poly_sigma: float = 1.2, scale: float = 1.0,

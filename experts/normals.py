@@ -246,6 +246,7 @@ class SvdNormals(Expert):
 
     n_deps = 1
     dep_kinds = ("depth",)
+    frame_parallel = True  # a per-frame OpenCV/NumPy function
 
     def __init__(self, window: int = 11, fov_deg: float | None = None,
                  fov_axis: Literal["horizontal", "vertical", "diagonal"] | None = None,

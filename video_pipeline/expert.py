@@ -91,6 +91,11 @@ class Expert:
         the frame i + `frame_step`, or i - `frame_step` where the video has no frame i + step) and
         `deps["next_sign"]` (float32 [N]: +1, or -1 where frame i - step stands in; see
         `video.partner_frames` for a video shorter than the step).
+      frame_parallel: each output frame depends only on its own frame (and that frame's rows of the
+        dependencies and partner), and `__call__` may run at once in several threads on disjoint
+        frames (no state changed by a call; NumPy and OpenCV release the GIL): the runner splits
+        each batch over its expert threads (`RunOptions.expert_threads`, default the usable CPUs)
+        and runs OpenCV single-threaded meanwhile.
       frame_step: the distance of that frame (non-zero int, default 1; negative: an earlier frame);
         an instance may set it from its parameters (the flow experts' `delta`).
       default_weights: weights used when the recipe gives none (None: no weights needed).
@@ -104,6 +109,7 @@ class Expert:
     n_deps: ClassVar[int | None] = 0
     dep_kinds: ClassVar[tuple[str, ...]] = ()
     needs_next_frame: ClassVar[bool] = False
+    frame_parallel: ClassVar[bool] = False
     frame_step: int = 1
     default_weights: ClassVar[str | None] = None
     batch_size: ClassVar[int] = 8

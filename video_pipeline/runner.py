@@ -61,6 +61,8 @@ class RunOptions:
     on_error: str = "stop"                   # stop | skip (skip the failing expert and dependents)
     progress: bool = True
     write_threads: int = 2
+    expert_threads: int | None = None        # threads a frame-parallel expert's batch is split over
+                                             # (None: the CPUs this process may run on)
     queue_size: int = 2
     workers: int = 1                         # local worker processes (parallel.py when > 1)
     ray: str | None = None                   # Ray cluster address ("auto": find or start one)
@@ -289,11 +291,20 @@ class UnitExecutor:
     """Runs the experts of a recipe on decoded units, in dependency order, in memory."""
 
     def __init__(self, recipe: Recipe, experts: Mapping[str, Expert], size: tuple[int, int],
-                 store: VideoStore, on_error: str, stats: RunStats, progress: BarProgress | None = None):
+                 store: VideoStore, on_error: str, stats: RunStats, progress: BarProgress | None = None,
+                 threads: int = 1):
         self.recipe, self.experts, self.size = recipe, experts, size
         self.store, self.on_error, self.stats = store, on_error, stats
         self.skipped: dict[str, str] = stats.skipped
         self.progress = progress
+        self.threads = max(1, threads)  # for frame-parallel experts (Expert.frame_parallel)
+        self.pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Stop the threads frame-parallel experts ran on."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
 
     def compute(self, unit: Unit, batch: FrameBatch) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Outputs {name: (frame indices [K], data [K,H,W,C])} of the experts computed on this unit."""
@@ -325,15 +336,21 @@ class UnitExecutor:
 
     def run_expert(self, spec: ExpertSpec, idx: np.ndarray, batch: FrameBatch,
                    available: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """The expert's checked output on frames `idx` [K] of `batch`: [K, H, W, C], computed in
+        calls of at most its batch size; a frame-parallel expert's calls run on `threads` threads
+        (its batch split so that each thread gets a share)."""
         expert = self.experts[spec.name]
         pos = _as_slice(np.searchsorted(batch.indices, idx))
         dep_rows = {d: _as_slice(np.searchsorted(available[d][0], idx)) for d in spec.deps}
-        parts = []
+        step = spec.batch_size
+        parallel = expert.frame_parallel and self.threads > 1 and len(idx) > 1
+        if parallel:
+            step = min(step, -(-len(idx) // self.threads))
         t0 = time.perf_counter()
         if self.progress is not None:
             self.progress.running(spec.name)
-        for a in range(0, len(idx), spec.batch_size):
-            sl = slice(a, a + spec.batch_size)
+
+        def call(sl: slice) -> np.ndarray:
             frames = _take(batch.frames, pos, sl)
             deps = {d: _take(available[d][1], rows, sl) for d, rows in dep_rows.items()}
             if expert.needs_next_frame:
@@ -351,9 +368,20 @@ class UnitExecutor:
             except Exception as err:
                 raise ExpertError(f"expert '{spec.name}' ({spec.type}) failed at frames "
                                   f"{idx[sl][0]}..{idx[sl][-1]}: {type(err).__name__}: {err}") from err
-            parts.append(check_output(spec, res, len(frames), self.size, idx[sl]))
+            return check_output(spec, res, len(frames), self.size, idx[sl])
+
+        calls = [slice(a, a + step) for a in range(0, len(idx), step)]
+        if parallel:
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="vre-expert")
+            results = self.pool.map(call, calls)
+        else:
+            results = map(call, calls)
+        parts = []
+        for sl, part in zip(calls, results):  # in order, as each call finishes
+            parts.append(part)
             if self.progress is not None:
-                self.progress.done(len(frames))
+                self.progress.done(len(part))
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         self.stats.expert_seconds[spec.name] = self.stats.expert_seconds.get(spec.name, 0.0) + time.perf_counter() - t0
         self.stats.expert_frames[spec.name] = self.stats.expert_frames.get(spec.name, 0) + len(idx)
@@ -782,8 +810,14 @@ def execute(recipe: Recipe, experts: Mapping[str, Expert], video: Video, store: 
     if bar is None:
         bar = progress_bar(sum(len(u.frames) for u in units), store.path.name, options.progress)
     progress = BarProgress(bar) if options.progress else None
-    executor = UnitExecutor(recipe, experts, size, store, options.on_error, stats, progress)
+    threads = options.expert_threads or usable_cpus()
+    executor = UnitExecutor(recipe, experts, size, store, options.on_error, stats, progress, threads)
     writer = ShardWriter(store, options.write_threads, stats)
+    held = contextlib.ExitStack()
+    if threads > 1 and any(e.frame_parallel for e in experts.values()):
+        # frames are spread over threads instead: OpenCV's own threads, spinning while they wait
+        # for each other's stripes, would cost ~30% more CPU for the same work
+        held.enter_context(opencv_threads(1))
     batches: Iterator[FrameBatch] = video.batches([u.frames for u in units], size=size,
                                                   steps=frame_steps(experts.values()),
                                                   queue_size=options.queue_size)
@@ -818,9 +852,32 @@ def execute(recipe: Recipe, experts: Mapping[str, Expert], video: Video, store: 
         batches.close()
         bar.close()
         writer.close()
+        executor.close()
+        held.close()
     if decode_error is not None:
         raise DecodeError(f"{decode_error} ({stats.frames} frames before it were processed and stored; "
                           f"the rest of the video was not)", decode_error.frame)
+
+
+def usable_cpus() -> int:
+    """The number of CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def opencv_threads(n: int):
+    """OpenCV's thread count set to `n` for the duration (restored after)."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def progress_bar(total: int, desc: str, enabled: bool):

@@ -360,6 +360,19 @@ class ExpertTests:
         assert_same_output(singles, batch_output, max(prepared.case.atol, 1e-2) if gpu else prepared.case.atol,
                            max(prepared.case.label_mismatch, 1e-3) if gpu else prepared.case.label_mismatch)
 
+    def test_frame_parallel_calls_at_once_give_the_batch_output(self, prepared: Prepared, batch_output: np.ndarray):
+        """A `frame_parallel` expert called on the batch's halves in two threads at once (as the
+        runner calls it) gives the frames of one call on the whole batch, exactly."""
+        if not prepared.expert.frame_parallel:
+            pytest.skip("not frame_parallel")
+        from concurrent.futures import ThreadPoolExecutor
+
+        half = len(prepared.frames) // 2
+        with ThreadPoolExecutor(2) as pool:
+            parts = list(pool.map(prepared.call, [slice(0, half), slice(half, None)] * 3))
+        for i in range(0, 6, 2):
+            np.testing.assert_array_equal(np.concatenate(parts[i:i + 2]), batch_output)
+
     def test_deterministic(self, prepared: Prepared, batch_output: np.ndarray):
         assert_same_output(prepared.call(), batch_output, prepared.case.atol, prepared.case.label_mismatch)
 
