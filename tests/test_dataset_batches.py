@@ -109,6 +109,16 @@ def test_other_collate_functions_get_the_items(store_data_lz4):
     items = ds.__getitems__([3, 7])
     assert torch.utils.data.default_collate(items[::-1])["frame"].tolist() == [7, 3]
     assert type(torch.utils.data.default_collate(ds.__getitems__([1, 2]))) is dict
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, collate_fn=_as_they_come,
+                                         multiprocessing_context="fork", timeout=60)  # fail, never hang
+    for items in loader:  # the items themselves, sent from a worker
+        assert type(items) is list and all(type(x) is dict for x in items)
+        for item in items:
+            assert torch.equal(item["rgb"], ds[item["frame"]]["rgb"])
+
+
+def _as_they_come(items):
+    return items
 
 
 def test_a_damaged_shard_raises_the_one_line_error_in_a_batch(store_data_lz4):
@@ -147,7 +157,7 @@ def test_worker_batches_are_right_and_reused_only_once_dropped(store_data_lz4, c
     path = store_data_lz4
     ds = _Traced(path, modalities=["rgb", "depth", "semantic"], compact=compact)
     expected = {name: zarr_frames(path, name, np.arange(T)) for name in ("rgb", "depth", "semantic")}
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, shuffle=True, num_workers=2,
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, shuffle=True, num_workers=2, timeout=60,
                                          multiprocessing_context="fork", persistent_workers=True)
 
     def check(batch):
@@ -223,7 +233,8 @@ def test_a_damaged_shard_read_in_a_loader_worker_is_the_same_one_line_error(stor
     ds = StoreDataset(path, modalities=["rgb"], compact=True)
     with pytest.raises(StoreError) as in_process:
         ds.__getitems__([4])
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context="fork")
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context="fork",
+                                         timeout=60)
     with pytest.raises(StoreError) as from_worker:
         list(loader)
     assert str(from_worker.value) == str(in_process.value) and "\n" not in str(from_worker.value)

@@ -738,6 +738,9 @@ class BatchItems(list):
     def collated(self) -> dict:
         return SharedBatch(self.batch, self.slabs) if self.slabs else dict(self.batch)
 
+    def __reduce__(self):  # sent as it is (a collate_fn returning the items): a plain list of dicts
+        return list, ([dict(x) for x in self],)
+
 
 def _collate_items(batch, *, collate_fn_map=None):
     """default_collate of `_Item`s: the batch read by `__getitems__` as it is, or (a list built or

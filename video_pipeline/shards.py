@@ -104,10 +104,10 @@ class ShardIO:
 
     # ------------------------------------------------------------------ decode
     def decode_into(self, raw, out: np.ndarray) -> None:
-        """Encoded chunk bytes -> `out` [H, W, C] (C-contiguous, writable,
-        the array's dtype). Blosc chunks (with or without their crc32c) are checked and decompressed
-        straight into `out`; other chains decode through `decode_chunk`, then copy. Raises ValueError
-        on a checksum mismatch or a chunk of the wrong size, or what the codecs raise."""
+        """Encoded chunk bytes -> `out` [H, W, C] (C-contiguous, writable, the array's dtype).
+        Blosc chunks (with or without their crc32c) are checked and decompressed straight into
+        `out`; other chains decode through `decode_chunk`, then copy. Raises ValueError on a
+        checksum mismatch or a chunk of the wrong size, or what the codecs raise."""
         serializer, *compressors = self.codecs
         names = [type(c).__name__ for c in compressors]
         if (names in (["BloscCodec"], ["BloscCodec", "Crc32cCodec"]) and isinstance(serializer, BytesCodec)
