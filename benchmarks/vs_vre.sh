@@ -64,11 +64,11 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 b_ours=$(bytes "$work/ours.zarr"); b_jxl=$(bytes "$work/ours_jxl.zarr"); b_vre=$(bytes "$work/vre_out")
 row() { printf "%-34s %8.1f s %8.1f frames/s %9.1f MB\n" "$1" "$2" "$(echo "$n_frames / $2" | bc -l)" "$(echo "$3 / 1000000" | bc -l)"; }
 echo "clip: $clip ($n_frames frames); recipe: rgb, hsv, edges/canny"
-row "vre run (zstd, default)" "$t_ours" "$b_ours"
+row "vre run (default codec)" "$t_ours" "$b_ours"
 row "vre run (codec: jpegxl)" "$t_jxl" "$b_jxl"
 row "video-representations-extractor" "$t_vre" "$b_vre"
 printf "rerun of the finished store: %.2f s\n" "$t_rerun"
-printf "speed: %.1fx (zstd), %.1fx (jpegxl) faster; disk: %.2f (zstd), %.2f (jpegxl) of VRE's\n" \
+printf "speed: %.1fx (default codec), %.1fx (jpegxl) faster; disk: %.2f (default), %.2f (jpegxl) of VRE's\n" \
     "$(echo "$t_vre / $t_ours" | bc -l)" "$(echo "$t_vre / $t_jxl" | bc -l)" \
     "$(echo "$b_ours / $b_vre" | bc -l)" "$(echo "$b_jxl / $b_vre" | bc -l)"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load $load_before -> $load_after; $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -78,7 +78,7 @@ def test_codec_is_part_of_identity_only_when_not_default(tmp_path):
         {"name": "zstd", "level": 5}
 
 
-def test_auto_picks_lz4_for_uint8_images_and_zstd_for_the_rest(tmp_path, clip):
+def test_auto_picks_zstd_for_masks_and_lz4_for_camera_pixels(tmp_path, clip):
     """The default chain per kind, as stored: what plain zarr readers see in zarr.json."""
     out = tmp_path / "auto.zarr"
     run(recipe(tmp_path), clip, out, RunOptions(frames=np.arange(2), progress=False))

@@ -5,7 +5,7 @@ Layout (design contract):
       attrs["video_pipeline"]   {schema_version, version, recipe, recipe_sha256, video, created}
       <name>                    [T, H, W, C], dimension_names (frame, y, x, <name>_channel), chunk =
                                 1 frame, shard = shard_frames frames, the recipe's codec (default
-                                Blosc lz4 for uint8 images, zstd otherwise: `array_codecs`);
+                                Blosc zstd for label maps and masks, lz4 otherwise: `array_codecs`);
                                 attrs: provenance.
                                 One channel dimension per modality, so `xarray.open_zarr(store)`
                                 opens the whole store as one Dataset (stores written before name
@@ -70,8 +70,8 @@ def array_codecs(codec: CodecSpec | None = None, kind: str | None = None, dtype:
     """The codec chain of one modality array, as `create_array` keyword arguments
     {serializer, compressors}: the one place every array's chain is built.
 
-    `codec` "auto" (the default) resolves per kind and dtype (`codecs.resolve`): Blosc lz4 for
-    uint8 images, Blosc zstd level 1 otherwise. Blosc (zstd or lz4) uses byte shuffle, bit shuffle
+    `codec` "auto" (the default) resolves per kind and dtype (`codecs.resolve`): Blosc zstd level 1
+    for uint8 label maps and masks, Blosc lz4 otherwise. Blosc (zstd or lz4) uses byte shuffle, bit shuffle
     for binary maps (0/1 in a byte: bit planes compress to half the size, twice as fast). `jpegxl`
     is an array -> bytes codec (`codecs.JpegXlCodec`), lossless, for uint8 images.
 
@@ -103,7 +103,7 @@ class ArraySpec:
     channels: int
     dtype: str
     attrs: Mapping
-    codec: CodecSpec | None = None  # None: the default ("auto": lz4 for uint8 images, else zstd 1)
+    codec: CodecSpec | None = None  # None: the default ("auto": zstd 1 for labels/masks, else lz4)
 
     @property
     def fill_value(self):
