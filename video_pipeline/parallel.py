@@ -153,7 +153,8 @@ class Worker:
         try:
             self._load()
             store, video = self._open(job.target)
-            options = RunOptions(on_error=self.spec.on_error, progress=True)
+            # a worker's share of the CPUs, also for frame-parallel experts
+            options = RunOptions(on_error=self.spec.on_error, progress=True, expert_threads=self.spec.threads)
             count = FrameCount()  # moved per expert batch, as the single-process bar is
             with _reporting(count, report):
                 execute(self.recipe, self.experts, video, store, list(job.units),

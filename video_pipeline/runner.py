@@ -378,7 +378,7 @@ class UnitExecutor:
         else:
             results = map(call, calls)
         parts = []
-        for sl, part in zip(calls, results):  # in order, as each call finishes
+        for part in results:  # in order, as each call finishes
             parts.append(part)
             if self.progress is not None:
                 self.progress.done(len(part))
@@ -491,7 +491,7 @@ def tune_malloc(arenas: int = 2) -> None:
     - Blocks up to 32 MiB (glibc's largest mmap threshold) come from the heap, and freed memory is
       kept up to 512 MiB: frames, outputs and compressed chunks of 0.5-2 MB are allocated and freed
       every frame, and by default many are mmap'ed and given back, each page faulted in and zeroed
-      again (cpu-fast recipe, 300 frames: 159k page faults -> 56k, 10.3 -> 9.0 s of CPU).
+      again (cpu-fast recipe, 300 frames: 112-159k page faults -> 56-70k).
     A no-op off Linux or off glibc.
     """
     if not sys.platform.startswith("linux"):
