@@ -11,9 +11,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from video_pipeline.errors import WeightsError
 from video_pipeline.expert import Expert, OutputSpec
-from video_pipeline.learned import check_state_dict, frames_to_tensor, inference
+from video_pipeline.learned import check_state_dict, frames_to_tensor, inference, weights_file
 from video_pipeline.registry import register_expert
 from video_pipeline.weights import load_checkpoint
 
@@ -232,10 +231,7 @@ class PiDiNet(Expert):
         import torch
 
         self.device = device
-        if self.weights_path is None:
-            raise WeightsError(f"expert '{self.name}': edges/pidinet needs weights (give weights: "
-                               f"a path to table5_pidinet.pth, or its URL with #sha256=)")
-        checkpoint = load_checkpoint(self.weights_path)
+        checkpoint = load_checkpoint(weights_file(self, "a path to table5_pidinet.pth, or its URL with #sha256="))
         # The released file wraps the weights as {'epoch', 'state_dict'}; a bare state dict works too.
         state = checkpoint.get("state_dict", checkpoint)
         params = convert_pidinet(state, source=str(self.weights_path))
@@ -431,10 +427,7 @@ class DexiNed(Expert):
         import torch
 
         self.device = device
-        if self.weights_path is None:
-            raise WeightsError(f"expert '{self.name}': edges/dexined needs weights (give weights: a path "
-                               f"to dexined.pth, or {DEXINED_WEIGHTS}#sha256=<its sha256>)")
-        checkpoint = load_checkpoint(self.weights_path)
+        checkpoint = load_checkpoint(weights_file(self, f"a path to dexined.pth, or {DEXINED_WEIGHTS}#sha256=<its sha256>"))
         state = checkpoint.get("state_dict", checkpoint)
         params = check_dexined(state, source=str(self.weights_path))
         self.net = {k: v.to(device) for k, v in params.items()}

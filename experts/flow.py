@@ -17,7 +17,7 @@ import numpy as np
 from video_pipeline.errors import WeightsError
 from video_pipeline.expert import Expert, OutputSpec
 from video_pipeline.imageops import resize
-from video_pipeline.learned import check_state_dict, frames_to_tensor, inference
+from video_pipeline.learned import check_state_dict, frames_to_tensor, inference, weights_file
 from video_pipeline.registry import register_expert
 from video_pipeline.weights import load_checkpoint
 
@@ -140,11 +140,8 @@ class RAFT(Expert):
         from torchvision.models.optical_flow import raft_large, raft_small
 
         self.device = device
-        if self.weights_path is None:
-            raise WeightsError(f"expert '{self.name}': flow/raft needs weights: give weights: a local "
-                               f"torchvision raft_{self.variant} state dict, or "
-                               f"{RAFT_WEIGHTS[self.variant]}#sha256=<its sha256>")
-        state = load_checkpoint(self.weights_path)
+        state = load_checkpoint(weights_file(self, f"a local torchvision raft_{self.variant} state dict, or "
+                                                   f"{RAFT_WEIGHTS[self.variant]}#sha256=<its sha256>"))
         model = (raft_large if self.variant == "large" else raft_small)(weights=None, progress=False)
         try:
             model.load_state_dict(state)
@@ -284,13 +281,8 @@ class RIFE(Expert):
         return OutputSpec(channels=2, kind="flow", extra={**flow_attrs(self.frame_step, self.backward), "units": units})
 
     def setup(self, device):
-        from pathlib import Path
-
         self.device = device
-        if self.weights_path is None:
-            raise WeightsError(f"expert '{self.name}': flow/rife needs weights (give weights: a path to "
-                               f"RIFE's flownet.ckpt or its folder, or {RIFE_WEIGHTS}#sha256=<its sha256>)")
-        path = Path(self.weights_path)
+        path = weights_file(self, f"a path to RIFE's flownet.ckpt or its folder, or {RIFE_WEIGHTS}#sha256=<its sha256>")
         path = path / "flownet.ckpt" if path.is_dir() else path
         self.net = {k: v.to(device) for k, v in check_rife(load_checkpoint(path), source=str(path)).items()}
 

@@ -14,7 +14,7 @@ from experts.depth import load_hf, read_hf_config
 from video_pipeline.dronescapes import DRONESCAPES_CLASSES, DRONESCAPES_PALETTE
 from video_pipeline.errors import WeightsError
 from video_pipeline.expert import Expert, OutputSpec
-from video_pipeline.learned import frames_to_tensor, inference
+from video_pipeline.learned import frames_to_tensor, inference, weights_file
 from video_pipeline.registry import register_expert
 
 OUTPUTS = ("labels", "probabilities")
@@ -106,9 +106,7 @@ class PhgmaeDistil(Expert):
         from video_pipeline.phgmae.inference import load
 
         self.device = device
-        if self.weights_path is None:
-            raise WeightsError(f"expert '{self.name}': semantic/phgmae-distil needs weights: (a PHG-MAE "
-                               f"checkpoint file, e.g. phgmae_distil_safeuav_430k.ckpt)")
+        weights_file(self, "a PHG-MAE checkpoint file, e.g. phgmae_distil_safeuav_430k.ckpt")
         try:
             loaded = load(self.weights_path, device)
             model, meta = loaded.model, loaded.layout.meta

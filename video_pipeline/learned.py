@@ -1,4 +1,4 @@
-"""Torch helpers every learned expert shares: frames to tensors, and the forward-pass context.
+"""Helpers every learned expert shares: its weights file, frames to tensors, the forward-pass context.
 
 The context honours the recipe's per-expert `dtype` (float32, float16, bfloat16): an expert's
 `self.dtype` is passed in, and when the recipe gives none the expert's own default applies
@@ -8,8 +8,20 @@ Torch is imported inside the functions: a module importing this one stays fast t
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
+
+from video_pipeline.errors import WeightsError
+
+
+def weights_file(expert, hint: str) -> Path:
+    """The expert's resolved weights (`expert.weights_path`, bound by the runner) as a Path, or
+    WeightsError naming the expert and what to give when the recipe named none. `hint`: what
+    `weights:` should name (a file, its URL with #sha256=...)."""
+    if expert.weights_path is None:
+        raise WeightsError(f"expert '{expert.name}': {expert.type_name} needs weights (give weights: {hint})")
+    return Path(expert.weights_path)
 
 
 def frames_to_tensor(frames: np.ndarray, device: str):
