@@ -33,10 +33,7 @@ def sliding_clip(step, n=3, size=(160, 224), origin=(300, 400)):
 
 def runner_deps(frames):
     """What the runner hands a needs_next_frame expert: the next frame, the previous for the last."""
-    n = len(frames)
-    following = [i + 1 if i + 1 < n else i - 1 for i in range(n)]
-    sign = np.array([1.0] * (n - 1) + [-1.0], dtype=np.float32)
-    return {"next_frames": frames[following], "next_sign": sign}
+    return next_frame_deps(frames)
 
 
 def interior_median(flow, margin=24):

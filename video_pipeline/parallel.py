@@ -37,8 +37,8 @@ from video_pipeline import errors, registry
 from video_pipeline.errors import DecodeError, RecipeError, VreError, WeightsError
 from video_pipeline.recipe import Recipe, load_recipe
 from video_pipeline.runner import (FrameCount, Prepared, RunOptions, RunStats, Unit, discarded_on_error,
-                                   execute, tune_malloc, load_experts, open_target, prepare,
-                                   progress_bar, resolve_weights)
+                                   execute, load_experts, open_target, prepare, progress_bar,
+                                   resolve_weights, tune_malloc, usable_cpus)
 from video_pipeline.store import VideoStore
 from video_pipeline.video import FrameIndex, Video
 
@@ -400,7 +400,7 @@ class _Pool:
     def run(self, run: _Run) -> None:
         n = min(len(self.workers), run.n_units)
         run.split(n)
-        spec = _worker_spec(run, threads=max(1, len(os.sched_getaffinity(0)) // n))
+        spec = _worker_spec(run, threads=max(1, usable_cpus() // n))
         todo = deque(run.jobs)
         active = {}  # sentinel or connection -> (process, connection) of workers holding a job
         for proc, conn in self.workers:
