@@ -83,6 +83,46 @@ def test_rerun_does_nothing_and_overwrite_recomputes(tmp_path, clip):
     assert sum(counting()["plus"]) == 48 and "bright" not in counting()
 
 
+def test_a_finished_store_rerun_reads_its_files_and_writes_nothing(tmp_path, clip):
+    """A rerun with nothing to do decides from the store's zarr.json files, its flag chunks and its
+    frame index (1-D arrays stored raw): it does not import zarr, and it writes nothing. The raw
+    reads equal zarr's; an index stored compressed (stores made before) still loads, through zarr."""
+    from video_pipeline.store import VideoStore
+
+    recipe, out = recipe_file(tmp_path, BASIC), tmp_path / "s.zarr"
+    assert vre("run", str(recipe), str(clip), "-o", str(out), "-q").returncode == 0
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    probe = ("import sys; from video_pipeline.cli import main; "
+             f"code = main(['run', {str(recipe)!r}, {str(clip)!r}, '-o', {str(out)!r}]); "
+             "print('exit', code, 'zarr imported:', 'zarr' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "nothing to do" in done.stdout and "exit 0 zarr imported: False" in done.stdout, done.stdout + done.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == files  # not one file written or added
+
+    store, root = VideoStore.open(out), zarr.open_group(str(out), mode="r")
+    for name in ("rgb", "plus"):
+        np.testing.assert_array_equal(store.done_frames(name), root[f"_frames/{name}"][:].astype(bool))
+        np.testing.assert_array_equal(store.done_shards(name), root[f"_progress/{name}"][:].astype(bool))
+    index, time_base = store.load_index()
+    assert set(index) == {"pts", "keyframe", "counted", "truncated"} and len(index["pts"]) == 48
+    for key, values in index.items():
+        np.testing.assert_array_equal(values, root[f"_index/{key}"][:])
+        assert root[f"_index/{key}"].compressors == ()
+    # the index as stores made before kept it (zarr's default compression): read through zarr
+    grp = zarr.open_group(str(out), mode="a")
+    for key, values in index.items():
+        grp.create_array(f"_index/{key}", data=values, overwrite=True)
+    assert grp["_index/pts"].compressors != ()
+    again, _ = VideoStore.open(out).load_index()
+    assert all(np.array_equal(again[k], index[k]) for k in index)
+    # a flag chunk cut short (a damaged disk, a hand edit) counts as nothing done there: recomputed
+    (out / "_frames" / "plus" / "c" / "1").write_bytes(b"\x01\x01")
+    loaded = load_recipe(recipe)
+    counting().clear()
+    assert run(loaded, clip, out, RunOptions(progress=False)).frames == 8
+    assert sum(counting()["plus"]) == 8 and VideoStore.open(out).done_frames("plus").all()
+
+
 def test_adding_an_expert_computes_only_it(tmp_path, clip):
     out = tmp_path / "s.zarr"
     run(load_recipe(recipe_file(tmp_path, "  bright: {type: test/brightness}\n")), clip, out,

@@ -1,7 +1,6 @@
 """Pure array operations shared by the runner, the dataset and previews."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 NEAREST_KINDS = ("semantic", "binary")
@@ -18,6 +17,8 @@ def resize(arr: np.ndarray, size: tuple[int, int], kind: str = "image") -> np.nd
     H, W = size
     if (h, w) == (H, W):
         return arr
+    import cv2  # here, not at the top: importing this module stays cheap (`vre run`'s start-up)
+
     if kind in NEAREST_KINDS:
         interp = cv2.INTER_NEAREST
     elif kind == "image" and H <= h and W <= w:

@@ -48,14 +48,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
-from zarr.storage import _local
 
 from video_pipeline.codecs import CodecSpec
 from video_pipeline.codecs import resolve as resolve_codec
 from video_pipeline.errors import StoreError
-from video_pipeline.shards import ShardIO
 
 SCHEMA_VERSION = 1
 META_KEY = "video_pipeline"
@@ -66,6 +62,17 @@ FLAG_GROUPS = ("_progress", "_frames")  # one flag array per modality in each
 FRAME_NUMBER = "_index/frame_number"
 
 
+def _zarr():
+    """zarr, imported on first use, with this package's JPEG-XL codec registered. A store's
+    metadata, node listing, flags and frame index are read from their files (`VideoStore`), so a
+    rerun that finds nothing to do never imports zarr (~0.4 s of a 2-core machine's start-up)."""
+    import zarr
+
+    from video_pipeline import jpegxl  # noqa: F401  (registers the codec with zarr)
+
+    return zarr
+
+
 def array_codecs(codec: CodecSpec | None = None, kind: str | None = None, dtype: str | None = None) -> dict:
     """The codec chain of one modality array, as `create_array` keyword arguments
     {serializer, compressors}: the one place every array's chain is built.
@@ -73,15 +80,17 @@ def array_codecs(codec: CodecSpec | None = None, kind: str | None = None, dtype:
     `codec` "auto" (the default) resolves per kind and dtype (`codecs.resolve`): Blosc zstd level 1
     for uint8 label maps and masks, Blosc lz4 otherwise. Blosc (zstd or lz4) uses byte shuffle, bit shuffle
     for binary maps (0/1 in a byte: bit planes compress to half the size, twice as fast). `jpegxl`
-    is an array -> bytes codec (`codecs.JpegXlCodec`), lossless, for uint8 images.
+    is an array -> bytes codec (`jpegxl.JpegXlCodec`), lossless, for uint8 images.
 
     Every chain ends with zarr v3's standard `crc32c` codec (read by every zarr v3 reader): each
     stored chunk carries a checksum, so a damaged chunk fails its read instead of decoding to wrong
     values (`VideoStore.check_shards`, `vre verify`). Keep it the last bytes-to-bytes codec.
     """
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
     codec = resolve_codec(codec, kind, dtype)
     if codec.name == "jpegxl":
-        from video_pipeline.codecs import JpegXlCodec
+        from video_pipeline.jpegxl import JpegXlCodec
 
         return {"serializer": JpegXlCodec(effort=codec.effort), "compressors": (Crc32cCodec(),)}
     shuffle = "bitshuffle" if kind == "binary" else "shuffle"
@@ -157,15 +166,33 @@ class VideoStore:
     `write_array` writes a whole array in one call, `remove` deletes one with its flags.
     Reading API: `names`, `name in store`, `array`, `read`, `reader`, `done_frames`, `done_shards`,
     `frame_numbers`, `meta`. No other module touches the zarr group: the layout lives here.
+
+    The zarr group is opened on first use (`group`). Metadata and the node listing are read from
+    the nodes' zarr.json files, and flags and the frame index (1-D arrays stored raw, see
+    `plain_1d`) from their chunk files: what a rerun needs to find that nothing is left to do.
     """
 
-    def __init__(self, path: Path, group: zarr.Group):
+    def __init__(self, path: Path, attrs: dict, mode: str = "r", group=None):
         self.path = path
-        self.group = group
-        self._writers: dict[str, zarr.Array] = {}
-        self._shard_io: dict[str, ShardIO | None] = {}
+        self.mode = mode
+        self._attrs = attrs  # the root group's attributes, as zarr.json holds them
+        self._group = group
+        self._writers: dict = {}
+        self._shard_io: dict = {}
         self._layouts: dict[str, bool] = {}  # `_plain_flags` answers
         self.repaired: list[str] = []  # damaged nodes `open` removed (mode 'a'), for the run to say
+
+    @property
+    def group(self):
+        """The zarr group of the store (zarr.Group), opened on first use."""
+        if self._group is None:
+            try:
+                self._group = _zarr().open_group(str(self.path), mode="r" if self.mode == "r" else "a",
+                                                 zarr_format=3)
+            except Exception as err:
+                raise StoreError(f"{self.path}: cannot open as a zarr v3 group ({type(err).__name__}: "
+                                 f"{str(err)[:200]})") from None
+        return self._group
 
     # ----------------------------------------------------------------- open / create
     @classmethod
@@ -191,12 +218,13 @@ class VideoStore:
                                  f"choose another location with -o") from None
             if mode in ("a", "w"):  # the opener owns the store (lock held): leftovers are stale
                 remove_partials(path)
-        try:
-            group = zarr.open_group(str(path), mode="r" if mode == "r" else "a", zarr_format=3)
-        except Exception as err:
-            raise StoreError(f"{path}: cannot open as a zarr v3 group ({type(err).__name__}: "
-                             f"{str(err)[:200]})") from None
-        why = meta_problem(group.attrs.get(META_KEY)) if META_KEY in group.attrs else None
+        if (path / "zarr.json").is_file():
+            store = cls(path, root_attributes(path), mode)
+        else:  # a new store ('a' or 'w'): zarr creates the group
+            store = cls(path, {}, mode)
+            store.group  # noqa: B018  (creates it, or says why it cannot)
+        attrs = store._attrs
+        why = meta_problem(attrs.get(META_KEY)) if META_KEY in attrs else None
         if why:
             raise StoreError(f"{path}/zarr.json: damaged store metadata ({why}); the store cannot be "
                              f"read or resumed: make it again with `vre run` into another -o")
@@ -210,10 +238,9 @@ class VideoStore:
                 for flags in FLAG_GROUPS if "/" not in key and key not in PRIVATE_GROUPS else ():
                     shutil.rmtree(path / flags / key, ignore_errors=True)
                 shutil.rmtree(path / key, ignore_errors=True)
-        if mode != "r" and META_KEY not in group.attrs and any(True for _ in group.array_keys()):
+        if mode != "r" and META_KEY not in attrs and store._children("", "array"):
             raise StoreError(f"{path}: is a zarr group not written by video-pipeline; "
                              f"refusing to write into it (choose another -o)")
-        store = cls(path, group)
         store.repaired = [f"{key} ({why}): removed, to be recomputed" for key, why in damaged]
         return store
 
@@ -221,22 +248,26 @@ class VideoStore:
     @property
     def meta(self) -> dict:
         """The root attrs["video_pipeline"] dict ({} for a new store)."""
-        return dict(self.group.attrs.get(META_KEY, {}))
+        return dict(self._attrs.get(META_KEY, {}))
 
     def set_meta(self, meta: dict) -> None:
         """Replace attrs["video_pipeline"] (one small atomic JSON write)."""
+        value = json.loads(json.dumps(meta))
         with writing(self.path, "the store metadata"):
-            self.group.attrs[META_KEY] = json.loads(json.dumps(meta))
+            self.group.attrs[META_KEY] = value
+        self._attrs = {**self._attrs, META_KEY: value}
 
     def init_meta(self, recipe: dict, recipe_sha256: str, video: dict, version: str,
                   shard_frames: int, resolution: tuple[int, int]) -> None:
-        """Write the root metadata of a new store (or refresh the recipe of an existing one)."""
+        """Write the root metadata of a new store (or refresh the recipe of an existing one); a store
+        whose metadata already says all this is not written."""
         meta = self.meta
         meta.update({"schema_version": SCHEMA_VERSION, "version": version, "recipe": recipe,
                      "recipe_sha256": recipe_sha256, "video": video,
                      "shard_frames": int(shard_frames), "resolution": list(resolution)})
         meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        self.set_meta(meta)
+        if json.loads(json.dumps(meta)) != self.meta:
+            self.set_meta(meta)
 
     @property
     def n_frames(self) -> int:
@@ -253,15 +284,56 @@ class VideoStore:
     @property
     def names(self) -> list[str]:
         """Modality arrays in the store (recipe order when known, else sorted)."""
-        present = {k for k in self.group.array_keys()}
+        present = set(self._children("", "array"))
         order = list(self.meta.get("recipe", {}).get("experts", {}))
         return [n for n in order if n in present] + sorted(present - set(order))
 
     def __contains__(self, name: str) -> bool:
         """Whether modality array `name` exists."""
-        return name in self.group and name.split("/")[0] not in PRIVATE_GROUPS
+        return name.split("/")[0] not in PRIVATE_GROUPS and self._node(name) is not None
 
-    def array(self, name: str) -> zarr.Array:
+    def _node(self, key: str) -> dict | None:
+        """The zarr.json of node `key` ("" for the root), or None where there is none (or it is
+        unreadable: `open` removed or refused such nodes)."""
+        try:
+            node = json.loads((self.path / key / "zarr.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return node if isinstance(node, dict) and node.get("node_type") in ("array", "group") else None
+
+    def _children(self, key: str, node_type: str) -> list[str]:
+        """Sorted names of the child nodes of `key` ("" for the root) of `node_type`."""
+        try:
+            entries = [e.name for e in os.scandir(self.path / key) if e.is_dir()]
+        except OSError:
+            return []
+        return sorted(n for n in entries if (self._node(f"{key}/{n}" if key else n) or {}).get("node_type") == node_type)
+
+    def _read_1d(self, key: str, damaged_reads_as_fill: bool = False) -> np.ndarray:
+        """All of 1-D array `key`: from its chunk files when it is stored raw (`plain_1d`: flags,
+        the frame index), else through zarr. A chunk file of the wrong length is a StoreError, or
+        reads as the fill value with `damaged_reads_as_fill` (flags: nothing done there, so a run
+        recomputes those frames and writes the chunk again)."""
+        node = self._node(key)
+        dtype = plain_1d(node) if node else None
+        if dtype is None:
+            return self.group[key][...]
+        (n,), (chunk,) = node["shape"], node["chunk_grid"]["configuration"]["chunk_shape"]
+        out = np.full(math.ceil(n / chunk) * chunk, node.get("fill_value") or 0, dtype=dtype)
+        for c in range(math.ceil(n / chunk)):
+            try:
+                data = (self.path / key / "c" / str(c)).read_bytes()
+            except FileNotFoundError:
+                continue  # never written: the fill value
+            if len(data) != chunk * dtype.itemsize:
+                if damaged_reads_as_fill:
+                    continue
+                raise StoreError(f"{self.path}/{key}/c/{c}: damaged ({len(data)} bytes, a chunk holds "
+                                 f"{chunk * dtype.itemsize}); `vre run` on the store rebuilds it")
+            out[c * chunk:(c + 1) * chunk] = np.frombuffer(data, dtype)
+        return out[:n]
+
+    def array(self, name: str):
         try:
             return self.group[name]
         except KeyError:
@@ -272,26 +344,30 @@ class VideoStore:
     def save_index(self, arrays: Mapping[str, np.ndarray], time_base: float) -> None:
         """Store the demuxed frame index (`_index/<key>` arrays) and the file facts it belongs to."""
         with writing(self.path, "the frame index"):
-            for key, values in arrays.items():
-                self.group.create_array(f"_index/{key}", data=np.asarray(values), overwrite=True)
+            for key, values in arrays.items():  # raw, one chunk: read without zarr (`_read_1d`)
+                values = np.asarray(values)
+                self.group.create_array(f"_index/{key}", data=values, chunks=(max(len(values), 1),),
+                                        compressors=None, overwrite=True)
             self.group.require_group("_index").attrs["time_base"] = float(time_base)
+
+    def has_index(self) -> bool:
+        """Whether the store holds a complete frame index (see `load_index`)."""
+        return "time_base" in ((self._node("_index") or {}).get("attributes") or {})
 
     def load_index(self) -> tuple[dict[str, np.ndarray], float] | None:
         """The stored frame index, or None (also for one a killed run left half written: `save_index`
         writes `time_base` last, after every array)."""
-        if "_index" not in self.group:
+        attrs = (self._node("_index") or {}).get("attributes") or {}
+        if "time_base" not in attrs:
             return None
-        grp = self.group["_index"]
-        if "time_base" not in grp.attrs:
-            return None
-        arrays = {k: grp[k][...] for k in grp.array_keys()}
-        return arrays, float(grp.attrs.get("time_base", 0.0))
+        arrays = {k: self._read_1d(f"_index/{k}") for k in self._children("_index", "array")}
+        return arrays, float(attrs["time_base"])
 
     def frame_numbers(self) -> np.ndarray:
         """int64 [T]: the frame number of each stored position (the positions themselves, unless the
         store keeps a frame-number table `_index/frame_number`, as imported sparse stores do)."""
-        if FRAME_NUMBER in self.group:
-            return self.group[FRAME_NUMBER][:].astype(np.int64)
+        if self._node(FRAME_NUMBER) is not None:
+            return self._read_1d(FRAME_NUMBER).astype(np.int64)
         return np.arange(self.n_frames, dtype=np.int64)
 
     def set_frame_numbers(self, numbers: np.ndarray) -> None:
@@ -316,7 +392,7 @@ class VideoStore:
         return self.group[key][start:stop] if key in self.group else None
 
     # ----------------------------------------------------------------- arrays
-    def ensure_array(self, spec: ArraySpec, height: int, width: int) -> zarr.Array:
+    def ensure_array(self, spec: ArraySpec, height: int, width: int):
         """Create modality array `spec.name` (and its flags) if missing; return it.
 
         An existing array with another shape/dtype is a StoreError (the recipe check should have
@@ -372,6 +448,8 @@ class VideoStore:
         start, stop = shard_bounds(shard, self.shard_frames, self.n_frames)
         if len(indices) == stop - start:  # the whole shard: encoded and written directly
             if name not in self._shard_io:
+                from video_pipeline.shards import ShardIO
+
                 self._shard_io[name] = ShardIO.of(self.group[name])
             io = self._shard_io[name]
             if io is not None:
@@ -390,6 +468,8 @@ class VideoStore:
         shard = int(indices[0]) // self.shard_frames
         start, stop = shard_bounds(shard, self.shard_frames, self.n_frames)
         if len(indices) == stop - start and self._plain_flags(name):
+            from zarr.storage import _local
+
             # the whole shard: its two flag chunks written as files, in the durability order, each
             # by zarr's own atomic write (zarr's path reads, then writes, through its event loop:
             # ~12 ms of CPU per shard and array, mostly holding the GIL the experts need)
@@ -416,10 +496,9 @@ class VideoStore:
         if key not in self._layouts:
             ok = True
             for flags, chunk in (("_progress", 1), ("_frames", self.shard_frames)):
-                meta = self.group[f"{flags}/{name}"].metadata.to_dict()
-                ok &= (meta["data_type"] == "uint8" and [c["name"] for c in meta["codecs"]] == ["bytes"]
-                       and tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]) == (chunk,)
-                       and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}})
+                node = self._node(f"{flags}/{name}")
+                ok &= (node is not None and plain_1d(node) == np.dtype("uint8")
+                       and node["chunk_grid"]["configuration"]["chunk_shape"] == [chunk])
             self._layouts[key] = ok
         return self._layouts[key]
 
@@ -458,16 +537,16 @@ class VideoStore:
     def done_frames(self, name: str) -> np.ndarray:
         """bool [T]: frames of `name` that are durable (all False if the array does not exist)."""
         key = f"_frames/{name}"
-        if key not in self.group:
+        if self._node(key) is None:
             return np.zeros(self.n_frames, dtype=bool)
-        return self.group[key][:].astype(bool)
+        return self._read_1d(key, damaged_reads_as_fill=True).astype(bool)
 
     def done_shards(self, name: str) -> np.ndarray:
         """bool [n_shards]: shards of `name` marked complete."""
         key = f"_progress/{name}"
-        if key not in self.group:
+        if self._node(key) is None:
             return np.zeros(self.n_shards, dtype=bool)
-        return self.group[key][:].astype(bool)
+        return self._read_1d(key, damaged_reads_as_fill=True).astype(bool)
 
     def read(self, name: str, indices: np.ndarray) -> np.ndarray:
         """Read frames `indices` (sorted) of `name`: [K,H,W,C]. A chunk that fails its checksum or
@@ -494,15 +573,14 @@ class VideoStore:
         """Names with flag arrays but no modality array (its folder or zarr.json was deleted)."""
         names = set()
         for flags in FLAG_GROUPS:
-            if flags in self.group:
-                names |= set(self.group[flags].array_keys())
+            names |= set(self._children(flags, "array"))
         return sorted(n for n in names if n not in self)
 
     def repair_flags(self, name: str) -> bool:
         """Recreate a deleted `_progress/<name>` from `_frames/<name>` (a shard is done when all its
         frames are), or a deleted `_frames/<name>` from `_progress/<name>`; both gone: nothing is
         done. True if something was recreated."""
-        have = {f: f"{f}/{name}" in self.group for f in FLAG_GROUPS}
+        have = {f: self._node(f"{f}/{name}") is not None for f in FLAG_GROUPS}
         if all(have.values()) or name not in self:
             return False
         n, sf = self.n_frames, self.shard_frames
@@ -525,12 +603,14 @@ class VideoStore:
         its checksum and points inside the file, and every flagged frame has a chunk. Full: also
         every flagged shard is read and decoded (each chunk's crc32c checked where it has one).
         Arrays not in store.py's layout get only the full check."""
-        arr = self.array(name)
+        if name not in self:
+            self.array(name)  # the StoreError naming the modalities
         try:
             meta = json.loads((self.path / name / "zarr.json").read_bytes())
-        except (OSError, ValueError) as err:
+            shape = tuple(meta["shape"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
             return [(-1, f"its zarr.json is unreadable ({err})")]
-        layout = shard_layout(meta, tuple(arr.shape))
+        layout = shard_layout(meta, shape)
         done = self.done_frames(name)
         flagged = self.flagged_shards(name, done)
         n, sf = self.n_frames, self.shard_frames  # properties parse the metadata: once, not per shard
@@ -554,7 +634,7 @@ class VideoStore:
                         for position in range(start, stop):
                             reader.read(position)
                     else:
-                        arr[start:stop]
+                        self.array(name)[start:stop]
                 except DamagedShard as err:
                     why = err.why
                 except Exception as err:
@@ -597,7 +677,7 @@ class VideoStore:
     def cache_attr(self, name: str, key: str, value) -> None:
         """Set attrs[key] of modality array `name` to JSON-safe `value` (a cache, such as statistics),
         also through a store opened read-only. Raises OSError or ValueError where it cannot be written."""
-        zarr.open_array(str(self.path / name), mode="r+", zarr_format=3).attrs[key] = value
+        _zarr().open_array(str(self.path / name), mode="r+", zarr_format=3).attrs[key] = value
 
     def reader(self, name: str) -> "FrameReader":
         """A fast reader of single frames of `name` (see FrameReader)."""
@@ -643,7 +723,9 @@ class FrameReader:
 
     def __init__(self, store_path: Path, name: str):
         self.root = store_path / name
-        self.array = zarr.open_array(str(self.root), mode="r", zarr_format=3)
+        from video_pipeline.shards import ShardIO
+
+        self.array = _zarr().open_array(str(self.root), mode="r", zarr_format=3)
         self.fill = self.array.fill_value
         meta = json.loads((self.root / "zarr.json").read_text())
         layout = shard_layout(meta, tuple(self.array.shape))
@@ -861,6 +943,41 @@ def remove_partials(path: Path) -> int:
                     continue
                 removed += 1
     return removed
+
+
+def root_attributes(path: Path) -> dict:
+    """The attributes of the zarr v3 group at `path`, from its zarr.json; StoreError where that is
+    not zarr v3 group metadata."""
+    try:
+        node = json.loads((path / "zarr.json").read_bytes())
+    except (OSError, ValueError) as err:
+        raise StoreError(f"{path}: cannot open as a zarr v3 group ({type(err).__name__}: "
+                         f"{str(err)[:200]})") from None
+    if not isinstance(node, dict) or node.get("zarr_format") != 3 or node.get("node_type") != "group" \
+            or not isinstance(node.get("attributes", {}), dict):
+        raise StoreError(f"{path}: cannot open as a zarr v3 group (its zarr.json is not zarr v3 group "
+                         f"metadata)")
+    return dict(node.get("attributes") or {})
+
+
+def plain_1d(node: dict) -> np.dtype | None:
+    """The dtype of a 1-D integer or bool array stored raw, from its zarr.json `node`: regular
+    chunks in files `c/<i>`, only the `bytes` codec (little-endian where the values take more than
+    a byte, on a little-endian machine). None for any other array (read it through zarr)."""
+    try:
+        dtype = np.dtype(node["data_type"])  # zarr v3 names these as numpy does: bool, uint8, int64
+        codecs = node["codecs"]
+        endian = (codecs[0].get("configuration") or {}).get("endian") if codecs else None
+        ok = (node.get("node_type") == "array" and len(node["shape"]) == 1 and dtype.kind in "biu"
+              and node["chunk_grid"]["name"] == "regular"
+              and len(node["chunk_grid"]["configuration"]["chunk_shape"]) == 1
+              and node["chunk_grid"]["configuration"]["chunk_shape"][0] >= 1
+              and [c["name"] for c in codecs] == ["bytes"] and not node.get("storage_transformers")
+              and (dtype.itemsize == 1 or (endian == "little" and sys.byteorder == "little"))
+              and node["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}})
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return None
+    return dtype if ok else None
 
 
 def meta_problem(meta) -> str | None:

@@ -10,6 +10,8 @@ stream breaks, and reading that frame raises `DecodeError` naming it.
 """
 from __future__ import annotations
 
+# PyAV and OpenCV are imported where frames are demuxed or decoded: commands that never touch a
+# video (and a rerun with nothing to do, until its content check) start without them.
 import abc
 import hashlib
 import queue
@@ -20,8 +22,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import av
-import cv2
 import numpy as np
 
 from video_pipeline.errors import DecodeError, VideoError, VreError
@@ -90,6 +90,8 @@ def demux_index(container: av.container.InputContainer, stream: av.VideoStream) 
     error, a packet the demuxer marks corrupt, or, in a constant-rate stream, B-frames missing at
     the very end) the index keeps the frames before the break plus one entry for the broken frame.
     """
+    import av
+
     packets = []  # (pts, keyframe, corrupt) in stored (decoding) order
     failed = False
     packed = _packed_bitstream(stream.codec_context.extradata)
@@ -142,6 +144,8 @@ def _decoded_index(container: av.container.InputContainer, stream: av.VideoStrea
     """Index of a stream whose packets do not map to frames (packed bitstream): decode it once and
     count the frames the decoder outputs, in display order; decoding always starts from frame 0.
     A decoding error ends the index with one entry for the broken frame."""
+    import av
+
     container.seek(0, stream=stream, backward=True)
     stream.codec_context.flush_buffers()
     n, failed = 0, False
@@ -224,6 +228,8 @@ class Video:
 
         Raises VideoError with one line for a missing, empty, unreadable or frameless input.
         """
+        import av
+
         path = Path(path)
         if path.is_dir():
             return cls._open_folder(path, index)
@@ -473,6 +479,8 @@ class _Reader(abc.ABC):
 
 class _FolderReader(_Reader):
     def decode(self, t: int) -> np.ndarray:
+        import cv2
+
         f = self.video.files[t]
         try:
             data = f.read_bytes()
@@ -512,6 +520,8 @@ class _StreamReader(_Reader):
         self.start = 0  # the keyframe `decoded` started from
 
     def decode(self, t: int) -> np.ndarray:
+        import av
+
         if self.index.truncated and t == len(self.index) - 1:
             raise self.error(t, "the file is truncated or corrupt here")
         k = self.index.keyframe_before(t)
@@ -547,6 +557,8 @@ class _StreamReader(_Reader):
 
     def restart(self, k: int) -> None:
         """Make `decoded` start at keyframe k (reopening the file for k = 0)."""
+        import av
+
         if self.container is None or k == 0:
             self.close()
             try:
@@ -563,6 +575,8 @@ class _StreamReader(_Reader):
     def _decoded(self) -> Iterator:
         """Frames in display order with their index; after a decoding error, the frames still
         inside the decoder come out before the error is raised."""
+        import av
+
         position = self.index.position
         counted = self.index.counted
         n = 0
@@ -652,6 +666,8 @@ def fingerprint(video: Video) -> dict:
     FINGERPRINT_FILE_BYTES of its first, middle and last images). Remuxing or retagging a file keeps
     its content hash; any other video, even one of the same length, gets another.
     """
+    import av
+
     digest = hashlib.sha256(f"frames={video.n_frames};".encode())
     if video.is_folder:
         stats = [f.stat() for f in video.files]
@@ -679,6 +695,8 @@ def fingerprint(video: Video) -> dict:
 
 def _hash_packets(container, stream, digest) -> None:
     """Feed the next FINGERPRINT_PACKETS non-empty packets of `stream` (bytes and pts) to `digest`."""
+    import av
+
     seen = 0
     try:
         for packet in container.demux(stream):
