@@ -19,8 +19,11 @@ def test_vre_bench_reports_cpu_and_where_the_main_thread_waited(tmp_path, clip):
     assert report["frames"] == 16 and report["cores"] >= 1 and report["cpu_s"] > 0
     assert 0 <= report["decode_wait_s"] <= report["wall_s"] and 0 <= report["write_wait_s"] <= report["wall_s"]
     assert set(report["stored_bytes_per_frame"]) == {"rgb", "edges"}
+    # the finished store rerun as a whole command (a new process): it found nothing to do
+    assert report["rerun_command_s"] is not None and report["rerun_command_s"] > report["rerun_nothing_to_do_s"]
     text = format_report(report)
     assert "ms/frame" in text and "of" in text and "waiting for decoded frames" in text
+    assert "as a whole `vre run` command" in text
 
 
 @pytest.mark.parametrize("codec", [CodecSpec(), CodecSpec("lz4"), CodecSpec("jpegxl")])

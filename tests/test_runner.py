@@ -121,6 +121,9 @@ def test_a_finished_store_rerun_reads_its_files_and_writes_nothing(tmp_path, cli
     counting().clear()
     assert run(loaded, clip, out, RunOptions(progress=False)).frames == 8
     assert sum(counting()["plus"]) == 8 and VideoStore.open(out).done_frames("plus").all()
+    # that run, holding the store, wrote the index raw again: reruns read it without zarr once more
+    assert zarr.open_group(str(out), mode="r")["_index/pts"].compressors == ()
+    np.testing.assert_array_equal(VideoStore.open(out).load_index()[0]["pts"], index["pts"])
 
 
 def test_adding_an_expert_computes_only_it(tmp_path, clip):

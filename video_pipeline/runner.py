@@ -645,7 +645,7 @@ def prepare(recipe: Recipe, video: Video, store: VideoStore, frames: np.ndarray,
             else:
                 store.clear(name)
     store.init_meta(merged, sha256_of(merged), info, __version__, recipe.shard_frames, size)
-    if not store.has_index():
+    if not store.has_index(raw=True):  # absent, or compressed (stores made before): written raw
         store.save_index(video.index.to_arrays(), video.index.time_base)
     check_stored_data(store)
     units = plan(recipe, store, frames, options.only, options.overwrite)

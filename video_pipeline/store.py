@@ -342,17 +342,27 @@ class VideoStore:
 
     # ----------------------------------------------------------------- frame index
     def save_index(self, arrays: Mapping[str, np.ndarray], time_base: float) -> None:
-        """Store the demuxed frame index (`_index/<key>` arrays) and the file facts it belongs to."""
+        """Store the demuxed frame index (`_index/<key>` arrays) and the file facts it belongs to.
+        An index stored before is rewritten (raw, as stores made before this layout did not keep it):
+        it counts as absent from the start until `time_base` is written again, last."""
         with writing(self.path, "the frame index"):
+            grp = self.group.require_group("_index")
+            if "time_base" in grp.attrs:
+                del grp.attrs["time_base"]
             for key, values in arrays.items():  # raw, one chunk: read without zarr (`_read_1d`)
                 values = np.asarray(values)
                 self.group.create_array(f"_index/{key}", data=values, chunks=(max(len(values), 1),),
                                         compressors=None, overwrite=True)
             self.group.require_group("_index").attrs["time_base"] = float(time_base)
 
-    def has_index(self) -> bool:
-        """Whether the store holds a complete frame index (see `load_index`)."""
-        return "time_base" in ((self._node("_index") or {}).get("attributes") or {})
+    def has_index(self, raw: bool = False) -> bool:
+        """Whether the store holds a complete frame index (see `load_index`); with `raw`, one whose
+        arrays are all stored raw, so it is read without zarr (stores made before kept it
+        compressed: a run rewrites it)."""
+        if "time_base" not in ((self._node("_index") or {}).get("attributes") or {}):
+            return False
+        return not raw or all(plain_1d(self._node(f"_index/{k}")) is not None
+                              for k in self._children("_index", "array"))
 
     def load_index(self) -> tuple[dict[str, np.ndarray], float] | None:
         """The stored frame index, or None (also for one a killed run left half written: `save_index`
@@ -373,7 +383,9 @@ class VideoStore:
     def set_frame_numbers(self, numbers: np.ndarray) -> None:
         """Store the original frame number of each position, int64 [T] (imported sparse stores)."""
         with writing(self.path, "the frame numbers"):
-            self.group.create_array(FRAME_NUMBER, data=np.asarray(numbers, np.int64), overwrite=True)
+            numbers = np.asarray(numbers, np.int64)
+            self.group.create_array(FRAME_NUMBER, data=numbers, chunks=(max(len(numbers), 1),),
+                                    compressors=None, overwrite=True)
     # ----------------------------------------------------------------- imported files
     def set_file_facts(self, name: str, table: np.ndarray) -> None:
         """Keep the zip facts of the files an import read for `name`: int64 [T, S, 10] (position,
