@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import cv2
 import numpy as np
 
 from video_pipeline.expert import Expert, OutputSpec
@@ -15,6 +14,8 @@ def rgb_to_hsv(frames: np.ndarray) -> np.ndarray:
 
     OpenCV's full-range conversion (hue 0..255 instead of 0..179) so all channels share one range.
     """
+    import cv2
+
     out = np.empty_like(frames)
     for i, frame in enumerate(frames):
         cv2.cvtColor(frame, cv2.COLOR_RGB2HSV_FULL, dst=out[i])

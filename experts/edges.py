@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import cv2
 import numpy as np
 
 from video_pipeline.expert import Expert, OutputSpec
@@ -27,6 +26,8 @@ def canny_edges(frames: np.ndarray, low: int, high: int, aperture: int = 3, blur
     the colour frame, where OpenCV takes at each pixel the channel with the strongest gradient (how
     the extended Dronescapes `edges_canny` was made).
     """
+    import cv2
+
     n, h, w, _ = frames.shape
     out = np.empty((n, h, w, 1), dtype=np.uint8)
     for i, frame in enumerate(frames):
@@ -434,6 +435,8 @@ class DexiNed(Expert):
         self.mean = torch.tensor(DEXINED_MEAN, device=device).view(1, 3, 1, 1)
 
     def __call__(self, frames, deps):
+        import cv2
+
         import torch
 
         n, h, w, _ = frames.shape

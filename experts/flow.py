@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import cv2
 import numpy as np
 
 from video_pipeline.errors import WeightsError
@@ -50,6 +49,8 @@ def farneback_flow(frames: np.ndarray, next_frames: np.ndarray, next_sign: np.nd
     `scale` < 1 computes on frames shrunk by that factor and upsamples the flow, vectors rescaled to
     full-resolution pixels. Returns float16 [N,H,W,2] (dx, dy) in pixels.
     """
+    import cv2
+
     n, h, w, _ = frames.shape
     small = (max(1, round(h * scale)), max(1, round(w * scale)))
     flows = np.empty((n, *small, 2), dtype=np.float32)
@@ -287,6 +288,8 @@ class RIFE(Expert):
         self.net = {k: v.to(device) for k, v in check_rife(load_checkpoint(path), source=str(path)).items()}
 
     def __call__(self, frames, deps):
+        import cv2
+
         import torch
         import torch.nn.functional as F
 

@@ -30,7 +30,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-import cv2
 import numpy as np
 
 from video_pipeline.expert import Expert, OutputSpec
@@ -147,6 +146,8 @@ def _fit_band(depth: np.ndarray, u: np.ndarray, v: np.ndarray, window: int, core
     lose the plane's thin direction for small windows on large frames. Once centred, the 3x3
     scatter is solved in float32.
     """
+    import cv2
+
     z = depth.astype(np.float64)  # a copy: missing pixels are zeroed below
     valid = np.isfinite(z) & (z > 0)
     z[~valid] = 0.0  # a zero point adds nothing to any sum; `count` says how many points are real

@@ -10,7 +10,6 @@ Dots are rasterised by Pillow, as the dataset's were, so the screens agree with 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from video_pipeline.expert import Expert, OutputSpec
 from video_pipeline.registry import register_expert
@@ -32,6 +31,8 @@ def dot_screen(ink: np.ndarray, angle: int, sample: int, scale: int) -> np.ndarr
     pixels as no ink) gets a filled circle centred in its `sample*scale` box, of diameter
     sqrt(mean / 255) times the box; the screen is rotated back and cropped to the frame, centred.
     """
+    from PIL import Image, ImageDraw  # here: loading the expert registry stays cheap (`vre run`'s start-up)
+
     h, w = ink.shape
     rotated = Image.fromarray(ink, "L").rotate(angle, expand=1)
     cols, rows = rotated.size

@@ -129,6 +129,20 @@ def test_index_round_trips_through_arrays(clips, tmp_path):
                     "height": SIZE[0], "width": SIZE[1]}
 
 
+def test_a_stored_index_with_its_facts_opens_without_probing_the_file(clips, monkeypatch):
+    import av
+
+    video = Video.open(clips["mp4"])
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **k: pytest.fail("the file was probed"))
+    again = Video.open(clips["mp4"], index=video.index, facts=video.info())
+    assert (again.n_frames, again.fps, again.height, again.width) == (N, 24.0, *SIZE)
+    monkeypatch.setattr(av, "open", real_open)
+    np.testing.assert_array_equal(again.read([21, 4]), video.read([21, 4]))  # decodes as before
+    # facts without a usable size or rate: the file is probed, as without them
+    assert Video.open(clips["mp4"], index=video.index, facts={"height": 2, "fps": 0}).width == SIZE[1]
+
+
 # ------------------------------------------------------------------------ next frames (flow)
 def test_next_frames_pair_each_frame_with_the_one_after(clips):
     video = Video.open(clips["mkv"])

@@ -785,20 +785,22 @@ def check_same_video(store: VideoStore, info: dict) -> None:
 
 
 def open_video(video_path: str | Path, store: VideoStore | None) -> Video:
-    """Open the video, reusing the frame index `store` keeps from an earlier run on the same file."""
+    """Open the video, reusing the frame index `store` keeps from an earlier run on the same file
+    (same size and mtime), and then also the size and frame rate the store recorded with it: the
+    file is not probed (its content is still checked, see `video_facts`)."""
     video_path = Path(video_path)
-    index = None
-    if store is not None and video_path.exists():
+    index = facts = None
+    if store is not None and video_path.is_file():
         try:
-            stored = store.load_index()
             meta_video = store.meta.get("video", {})
             st = video_path.stat()
-            if stored and meta_video.get("file_size") == st.st_size and meta_video.get("file_mtime") == st.st_mtime:
-                index = FrameIndex.from_arrays(*stored)
+            if meta_video.get("file_size") == st.st_size and meta_video.get("file_mtime") == st.st_mtime:
+                stored = store.load_index()
+                if stored:
+                    index, facts = FrameIndex.from_arrays(*stored), meta_video
         except VreError:
-            index = None
-    video = Video.open(video_path, index=index)
-    return video
+            index = facts = None
+    return Video.open(video_path, index=index, facts=facts)
 
 
 def execute(recipe: Recipe, experts: Mapping[str, Expert], video: Video, store: VideoStore,

@@ -578,7 +578,7 @@ class VideoStore:
         `done_frames`, when the caller has read them already)."""
         flagged = self.done_shards(name).copy()
         frames = np.flatnonzero(self.done_frames(name) if done is None else done)
-        flagged[np.unique(frames // self.shard_frames)] = True
+        flagged[frames // self.shard_frames] = True
         return flagged
 
     def orphan_flags(self) -> list[str]:

@@ -223,8 +223,10 @@ class Video:
     files: tuple[Path, ...] = ()
 
     @classmethod
-    def open(cls, path: str | Path, index: FrameIndex | None = None) -> Video:
-        """Open a video file or image folder; `index` (from a store) skips the demuxing pass.
+    def open(cls, path: str | Path, index: FrameIndex | None = None, facts: Mapping | None = None) -> Video:
+        """Open a video file or image folder; `index` (from a store) skips the demuxing pass, and
+        with it `facts` (the store's `video` attrs: height, width, fps, recorded with that index
+        from this very file) skip opening the file at all.
 
         Raises VideoError with one line for a missing, empty, unreadable or frameless input.
         """
@@ -237,6 +239,9 @@ class Video:
             raise VideoError(f"{path}: no such file or folder")
         if path.stat().st_size == 0:
             raise VideoError(f"{path}: the file is empty (0 bytes)")
+        known = _known_size_and_rate(facts) if index is not None else None
+        if known is not None and len(index) - index.truncated >= 1:
+            return cls(path, len(index), known[2], known[0], known[1], False, index)
         try:
             # the frame rate comes from our own index: skipping FFmpeg's probe for it halves start-up
             container = av.open(str(path), options={"fpsprobesize": "0"})
@@ -368,6 +373,16 @@ class Video:
 
 
 _END = object()
+
+
+def _known_size_and_rate(facts: Mapping | None) -> tuple[int, int, float] | None:
+    """(height, width, fps) from a store's `video` attrs, or None where they do not hold them."""
+    try:
+        h, w, fps = facts["height"], facts["width"], facts["fps"]
+    except (KeyError, TypeError):
+        return None
+    ints = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w))
+    return (h, w, float(fps)) if ints and isinstance(fps, (int, float)) and fps > 0 else None
 
 
 def _put(out: queue.Queue, item, stop: threading.Event) -> None:
