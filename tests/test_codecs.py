@@ -122,3 +122,16 @@ def test_another_codec_on_a_stored_expert_is_refused(tmp_path, clip):
                                          r"\{'name': 'zstd', 'level': 5\}\)"):
         run(recipe(tmp_path, rgb=", codec: {name: zstd, level: 5}"), clip, out,
             RunOptions(frames=np.arange(4), progress=False))
+
+
+def test_reading_a_recipe_does_not_import_zarr_and_the_old_codec_path_still_loads():
+    """Recipes name codecs through codecs.py, which stays free of zarr (a rerun with nothing to do
+    never loads it); the JPEG-XL codec lives in jpegxl.py, and the entry point installs made before
+    the move name (`video_pipeline.codecs:JpegXlCodec`) still loads it."""
+    probe = ("import sys; from video_pipeline.codecs import parse_codec; parse_codec('lz4'); "
+             "print('zarr' in sys.modules); "
+             "from importlib.metadata import EntryPoint; "
+             "old = EntryPoint('video_pipeline.jpegxl', 'video_pipeline.codecs:JpegXlCodec', 'zarr.codecs').load(); "
+             "from video_pipeline.jpegxl import JpegXlCodec; print(old is JpegXlCodec)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "True"], done.stdout + done.stderr

@@ -123,3 +123,13 @@ def codec_fits(codec: CodecSpec, dtype: str, channels: int) -> bool:
 
 def _int_in(v, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def __getattr__(name: str):
+    """`codecs.JpegXlCodec`, where installs made before the codec moved to jpegxl.py name it (their
+    `zarr.codecs` entry point): imported on use, so this module itself stays free of zarr."""
+    if name == "JpegXlCodec":
+        from video_pipeline.jpegxl import JpegXlCodec
+
+        return JpegXlCodec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
