@@ -85,8 +85,21 @@ def test_output_at_a_users_folder_is_refused_and_nothing_deleted(tmp_path, small
     theirs.write_bytes(b"a user's file")
     assert vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(store), "-q")[0] == 0
     assert not ours.exists() and theirs.read_bytes() == b"a user's file"
+    # folders without a file (what a refused first run can leave when zarr finishes a write it had
+    # started after the store was removed) are no one's: a run writes there; one file anywhere, even
+    # one named like zarr's temporaries, and the folder is refused, untouched
+    empty = tmp_path / "left.zarr"
+    (empty / "rgb" / "c").mkdir(parents=True)
+    assert vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(empty), "-q")[0] == 0
+    assert VideoStore.open(empty).done_frames("rgb").all()
+    deep = tmp_path / "deep"
+    kept = deep / "rgb" / "c" / "x.0123456789abcdef0123456789abcdef.partial"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"not ours to delete")
+    code, _, err = vre_main(capsys, "run", str(tmp_path / "r.yaml"), str(small_clip), "-o", str(deep), "-q")
+    assert code == 2 and "not a store written by vre" in err and kept.read_bytes() == b"not ours to delete"
     record("user files", "-o at a user's folder with *.partial files; a user's file in a store", "kept",
-           cases=2, deleted=0)
+           cases=4, deleted=0)
 
 
 def test_store_replace_and_bench_keep_refuse_foreign_folders(tmp_path):

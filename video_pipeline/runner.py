@@ -477,8 +477,20 @@ def discarded_on_error(path: Path, fresh: bool):
         yield
     except BaseException:
         if fresh:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_fresh_store(path)
         raise
+
+
+def remove_fresh_store(path: Path, attempts: int = 10) -> None:
+    """Delete the store folder a refused first run made. zarr runs a node's writes concurrently and
+    goes on with the others after the first one fails (a full disk), so a folder can reappear
+    just after the removal: removed again until it stays gone for 20 ms (a leftover folder holds
+    no file, so `store.store_owner` would still let the next run write there)."""
+    for _ in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(0.02)
+        if not path.exists():
+            return
 
 
 def tune_malloc(arenas: int = 2) -> None:

@@ -1054,9 +1054,11 @@ def damaged_nodes(path: Path) -> list[tuple[str, str]]:
 
 
 def store_owner(path: Path) -> str:
-    """Who owns folder `path`: 'none' (absent, empty, or only a killed first write's temporaries),
-    'ours' (a store of this package, or one killed before its metadata was written), or 'foreign'
-    (anything else: a user's folder, a file, another program's zarr group)."""
+    """Who owns folder `path`: 'none' (absent, or holding no file but a killed first write's
+    temporaries: folders without files are what a refused first run can leave, when zarr
+    finishes a write it had started after the store was removed), 'ours' (a store of this
+    package, or one killed before its metadata was written), or 'foreign' (anything else: a
+    user's files, a file, another program's zarr group)."""
     if not path.exists():
         return "none"
     if not path.is_dir():
@@ -1069,7 +1071,7 @@ def store_owner(path: Path) -> str:
     if not rest:
         return "none"
     if "zarr.json" not in rest:
-        return "foreign"
+        return "none" if not _holds_files(path) else "foreign"
     try:
         node = json.loads((path / "zarr.json").read_bytes())
     except (OSError, ValueError):
@@ -1081,6 +1083,22 @@ def store_owner(path: Path) -> str:
         return "ours"
     # a run killed after creating the group and before writing its metadata leaves just zarr.json
     return "ours" if rest == ["zarr.json"] else "foreign"
+
+
+def _holds_files(path: Path) -> bool:
+    """Whether folder `path` holds a file at any depth, besides the temporaries of a killed first
+    write at its top (an unreadable folder counts as holding files)."""
+    def error(err):
+        raise err
+
+    try:
+        for root, _, files in os.walk(path, onerror=error):
+            top = root == str(path)
+            if any(not top or not (TEMP_FILE.search(f) or f.startswith(".vre-write-test-")) for f in files):
+                return True
+    except OSError:
+        return True
+    return False
 
 
 def refuse_foreign(path: Path) -> None:
