@@ -27,7 +27,6 @@ from video_pipeline.yamlio import excerpt
 NAMES = ("auto", "zstd", "lz4", "jpegxl")
 LEVELS = {"zstd": (1, 22), "lz4": (1, 9)}
 EFFORTS = (1, 9)
-JPEGXL_NAME = "video_pipeline.jpegxl"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.common import parse_named_configuration
 
-from video_pipeline.codecs import JPEGXL_NAME
+JPEGXL_NAME = "video_pipeline.jpegxl"  # the codec's name in zarr.json and in the entry point
 
 
 @dataclass(frozen=True)
