@@ -230,8 +230,6 @@ class Video:
 
         Raises VideoError with one line for a missing, empty, unreadable or frameless input.
         """
-        import av
-
         path = Path(path)
         if path.is_dir():
             return cls._open_folder(path, index)
@@ -242,6 +240,8 @@ class Video:
         known = _known_size_and_rate(facts) if index is not None else None
         if known is not None and len(index) - index.truncated >= 1:
             return cls(path, len(index), known[2], known[0], known[1], False, index)
+        import av
+
         try:
             # the frame rate comes from our own index: skipping FFmpeg's probe for it halves start-up
             container = av.open(str(path), options={"fpsprobesize": "0"})
