@@ -62,7 +62,7 @@ FLAG_GROUPS = ("_progress", "_frames")  # one flag array per modality in each
 FRAME_NUMBER = "_index/frame_number"
 
 
-def _zarr():
+def load_zarr():
     """zarr, imported on first use, with this package's JPEG-XL codec registered. A store's
     metadata, node listing, flags and frame index are read from their files (`VideoStore`), so a
     rerun that finds nothing to do never imports zarr (~0.4 s of a 2-core machine's start-up)."""
@@ -187,7 +187,7 @@ class VideoStore:
         """The zarr group of the store (zarr.Group), opened on first use."""
         if self._group is None:
             try:
-                self._group = _zarr().open_group(str(self.path), mode="r" if self.mode == "r" else "a",
+                self._group = load_zarr().open_group(str(self.path), mode="r" if self.mode == "r" else "a",
                                                  zarr_format=3)
             except Exception as err:
                 raise StoreError(f"{self.path}: cannot open as a zarr v3 group ({type(err).__name__}: "
@@ -689,7 +689,7 @@ class VideoStore:
     def cache_attr(self, name: str, key: str, value) -> None:
         """Set attrs[key] of modality array `name` to JSON-safe `value` (a cache, such as statistics),
         also through a store opened read-only. Raises OSError or ValueError where it cannot be written."""
-        _zarr().open_array(str(self.path / name), mode="r+", zarr_format=3).attrs[key] = value
+        load_zarr().open_array(str(self.path / name), mode="r+", zarr_format=3).attrs[key] = value
 
     def reader(self, name: str) -> "FrameReader":
         """A fast reader of single frames of `name` (see FrameReader)."""
@@ -737,7 +737,7 @@ class FrameReader:
         self.root = store_path / name
         from video_pipeline.shards import ShardIO
 
-        self.array = _zarr().open_array(str(self.root), mode="r", zarr_format=3)
+        self.array = load_zarr().open_array(str(self.root), mode="r", zarr_format=3)
         self.fill = self.array.fill_value
         meta = json.loads((self.root / "zarr.json").read_text())
         layout = shard_layout(meta, tuple(self.array.shape))

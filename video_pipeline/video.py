@@ -527,7 +527,10 @@ class _StreamReader(_Reader):
     skips frames or goes back."""
 
     def __init__(self, video: Video, size, keep: int = 2):
+        import av
+
         super().__init__(video, size, keep)
+        self.ffmpeg_error = av.FFmpegError  # PyAV is imported once per reader, not per decoded frame
         self.index = video.index
         self.container = None
         self.decoded: Iterator | None = None  # (frame index or None, av.VideoFrame) in display order
@@ -535,8 +538,6 @@ class _StreamReader(_Reader):
         self.start = 0  # the keyframe `decoded` started from
 
     def decode(self, t: int) -> np.ndarray:
-        import av
-
         if self.index.truncated and t == len(self.index) - 1:
             raise self.error(t, "the file is truncated or corrupt here")
         k = self.index.keyframe_before(t)
@@ -547,7 +548,7 @@ class _StreamReader(_Reader):
             if frame is None and self.start > 0:  # the seek landed past t: decode from the start
                 self.restart(0)
                 frame = self.advance(t)
-        except av.FFmpegError as err:
+        except self.ffmpeg_error as err:
             self.decoded = None
             raise self.error(t, err.strerror or str(err)) from None
         if frame is None:

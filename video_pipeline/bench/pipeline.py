@@ -26,7 +26,7 @@ from video_pipeline.bench.gpu import GpuSampler, torch_uuid
 from video_pipeline.errors import VreError
 from video_pipeline.recipe import load_recipe
 from video_pipeline.runner import RunOptions, run
-from video_pipeline.store import VideoStore, dir_size, shard_groups
+from video_pipeline.store import VideoStore, dir_size, load_zarr, shard_groups
 from video_pipeline.video import Video, parse_frames
 
 
@@ -54,9 +54,8 @@ def import_libraries() -> None:
     process would otherwise count their ~0.3-0.5 s of start-up as pipeline time; the start-up
     is measured on its own, as the whole `vre run` command (`rerun_command_s`)."""
     import cv2  # noqa: F401
-    import zarr  # noqa: F401
 
-    from video_pipeline import jpegxl  # noqa: F401
+    load_zarr()
 
 
 def bench(recipe_path, video_path, frames=None, device=None, workers: int = 1, keep=None,
